@@ -1,0 +1,229 @@
+"""The run configuration: one frozen dataclass that says exactly how a run was made.
+
+``RunConfig`` holds plain values only, round-trips through JSON (``to_json``/``from_json``),
+validates itself with one-line messages (``ConfigError``), fills the notebook's per-mode
+defaults (``resolved``) and renders the equivalent ``tlwork run ...`` command line, which the
+TUI shows as the user changes settings. No torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+
+from core import registry
+
+Mode = Literal["linear-probe", "finetune", "partial", "probe-then-finetune"]
+Augment = Literal["none", "crop-flip", "randaugment", "trivialaugment"]
+Scheduler = Literal["none", "step", "cosine", "onecycle"]
+Optimizer = Literal["sgd", "adamw"]
+Normalize = Literal["dataset", "backbone"]
+
+MIN_IMAGE_SIZE = 16
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message is one line naming the problem and the fix."""
+
+
+# The notebook's recipe for each mode: probing at SGD 1e-3 with no augmentation, fine-tuning
+# at 5e-4 with crop-flip and StepLR(5, 0.1).
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "linear-probe": {"lr": 1e-3, "augment": "none", "scheduler": "none"},
+    "finetune": {"lr": 5e-4, "augment": "crop-flip", "scheduler": "step"},
+    "partial": {"lr": 5e-4, "augment": "crop-flip", "scheduler": "step"},
+    "probe-then-finetune": {"lr": 5e-4, "augment": "crop-flip", "scheduler": "step"},
+}
+PROBE_LR = 1e-3
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """Everything a training run needs. ``None`` means "the mode's default" until ``resolved``."""
+
+    mode: Mode = "linear-probe"
+    backbone: str = "resnet18"
+    weights: str = "imagenet"
+    dataset: str = "cifar10"
+    data_dir: str = "data"
+    val_split: float = 0.1
+    augment: Augment | None = None
+    scheduler: Scheduler | None = None
+    optimizer: Optimizer = "sgd"
+    epochs: int = 5
+    probe_epochs: int = 1
+    lr: float | None = None
+    probe_lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    batch_size: int = 256
+    image_size: int = 224
+    normalize: Normalize = "dataset"
+    step_size: int = 5
+    step_gamma: float = 0.1
+    warmup_epochs: int = 0
+    unfreeze_stages: int = 1
+    seed: int = 0
+    device: str = "auto"
+    workers: int | None = None
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    runs_dir: str = "runs"
+    name: str | None = None
+
+    def resolved(self) -> RunConfig:
+        """A copy with every mode default filled in, validated."""
+        defaults = MODE_DEFAULTS[self.mode] if self.mode in MODE_DEFAULTS else {}
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        if self.mode == "probe-then-finetune" and self.probe_lr is None:
+            filled["probe_lr"] = PROBE_LR
+        out = dataclasses.replace(self, **filled)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` with a one-line message for the first problem found."""
+        _check_choice("mode", self.mode, registry.MODES)
+        if self.augment is not None:
+            _check_choice("augment", self.augment, registry.AUGMENTATIONS)
+        if self.scheduler is not None:
+            _check_choice("scheduler", self.scheduler, registry.SCHEDULERS)
+        _check_choice("optimizer", self.optimizer, registry.OPTIMIZERS)
+        _check_choice("normalize", self.normalize, registry.NORMALIZATIONS)
+        check_backbone(self.backbone)
+        check_dataset(self.dataset)
+        check_device(self.device)
+        for name in ("lr", "probe_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"--{_flag(name)} must be greater than 0 (got {value}); try 1e-3")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1 (got {self.epochs})")
+        if self.mode == "probe-then-finetune" and self.probe_epochs < 1:
+            raise ConfigError(f"--probe-epochs must be at least 1 (got {self.probe_epochs})")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(f"--image-size must be at least {MIN_IMAGE_SIZE} (got {self.image_size})")
+        if not 0.0 <= self.val_split < 1.0:
+            raise ConfigError(f"--val-split must be in [0, 1) (got {self.val_split}); try 0.1")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if self.weight_decay < 0 or self.momentum < 0:
+            raise ConfigError("--weight-decay and --momentum must not be negative")
+        if self.step_size < 1:
+            raise ConfigError(f"--step-size must be at least 1 (got {self.step_size})")
+        if self.unfreeze_stages < 1:
+            raise ConfigError(f"--unfreeze-stages must be at least 1 (got {self.unfreeze_stages})")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"--warmup-epochs must not be negative (got {self.warmup_epochs})")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must not be negative (got {self.workers})")
+        if self.name is not None:
+            check_run_name(self.name)
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs over the whole run, probe stage included."""
+        return self.epochs + (self.probe_epochs if self.mode == "probe-then-finetune" else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to_json(self) -> str:
+        """Indented JSON, as written to ``runs/<name>/config.json``."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build from a dict, ignoring unknown keys written by newer versions."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        """Inverse of ``to_json``."""
+        return cls.from_dict(json.loads(text))
+
+    def command_line(self) -> str:
+        """The ``tlwork run ...`` command that makes this run, listing non-default settings."""
+        default = RunConfig()
+        parts = ["tlwork", "run"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value == getattr(default, f.name) and f.name != "mode":
+                continue
+            flag = "--" + _flag(f.name)
+            if isinstance(value, bool):
+                parts.append(flag if value else "--no-" + _flag(f.name))
+            elif value is not None:
+                parts += [flag, _format(value)]
+        return " ".join(shlex.quote(p) if p[:1] != "-" else p for p in parts)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _check_choice(what: str, value: str, choices: tuple[registry.Choice, ...]) -> None:
+    if registry.find(choices, value) is None:
+        valid = ", ".join(registry.names(choices))
+        raise ConfigError(f"unknown --{what} {value!r}; choose one of: {valid}")
+
+
+def check_backbone(backbone: str) -> None:
+    """Accept a registered backbone, ``timm:NAME`` or ``hf:ID_OR_PATH``."""
+    for prefix in ("timm:", "hf:"):
+        if backbone.startswith(prefix):
+            if not backbone[len(prefix):]:
+                raise ConfigError(f"--backbone {backbone!r} names no model; e.g. {prefix}resnet50")
+            return
+    if registry.find(registry.BACKBONES, backbone) is None:
+        valid = ", ".join(registry.names(registry.BACKBONES))
+        raise ConfigError(f"unknown --backbone {backbone!r}; choose one of: {valid}, timm:NAME, hf:ID_OR_PATH")
+
+
+def check_dataset(dataset: str) -> None:
+    """Accept cifar10, cifar100, demo or ``imagefolder:PATH``."""
+    if dataset.startswith("imagefolder:"):
+        if not dataset[len("imagefolder:"):]:
+            raise ConfigError("--dataset imagefolder: needs a path, e.g. imagefolder:./photos")
+        return
+    if registry.find(registry.DATASETS, dataset) is None:
+        raise ConfigError(f"unknown --dataset {dataset!r}; choose one of: cifar10, cifar100, demo, imagefolder:PATH")
+
+
+def check_device(device: str) -> None:
+    """Accept auto, cpu, mps, cuda or cuda:N."""
+    if device in registry.names(registry.DEVICES) or re.fullmatch(r"cuda:\d+", device):
+        return
+    raise ConfigError(f"unknown --device {device!r}; choose one of: auto, cuda, cuda:N, mps, cpu")
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one path component: letters, digits, '.', '_' and '-' (no '..', no '/')."""
+    if not _RUN_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"--name {name!r} is not a valid run name; use letters, digits, '.', '_' and '-' only"
+        )
+
+
+def literal_choices(annotation: Any) -> tuple[str, ...]:
+    """The strings a ``Literal`` alias admits (used by tests to check registries match)."""
+    return tuple(get_args(annotation))

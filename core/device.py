@@ -1,0 +1,128 @@
+"""Accelerator choice and the settings that make each one fast.
+
+``pick_device`` resolves ``auto`` to cuda, then mps, then cpu and fails with a one-line
+message when a named device is not there. ``autocast`` gives bf16 autocast on CUDA (and a
+no-op elsewhere); ``memory_stats`` reads device memory (CUDA allocator plus NVML where
+available, else process memory and CPU use) for the progress displays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+
+from core.config import ConfigError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The torch device for ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu or auto")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return dev
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError("--device mps: Apple MPS is not available here; use --device cpu or auto")
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_name(device: torch.device) -> str:
+    """A human name: the GPU model, or ``CPU (N threads)``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when enabled; a null context elsewhere (fp32 on CPU keeps tests exact)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def configure(device: torch.device) -> None:
+    """Process-wide speed settings for the device (cudnn autotuning, TF32 matmuls)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global RNGs and return a CPU generator for data order and splits."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+_NVML: Any = None
+
+
+def _nvml_handle(index: int) -> Any:
+    global _NVML
+    if _NVML is None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            _NVML = pynvml
+        except Exception:  # no driver, no library: NVML figures are optional
+            _NVML = False
+    if not _NVML:
+        return None
+    try:
+        return _NVML.nvmlDeviceGetHandleByIndex(index)
+    except Exception:
+        return None
+
+
+def memory_stats(device: torch.device) -> dict[str, float]:
+    """Memory and load figures in MiB and percent; keys depend on the device.
+
+    CUDA: ``used``, ``peak``, ``total`` (allocator) and ``util`` (NVML, when available).
+    CPU and MPS: ``rss`` (process memory) and ``cpu`` (process CPU percent).
+    """
+    mib = 1024 * 1024
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        stats = {
+            "used": torch.cuda.memory_allocated(index) / mib,
+            "peak": torch.cuda.max_memory_allocated(index) / mib,
+            "total": torch.cuda.get_device_properties(index).total_memory / mib,
+        }
+        handle = _nvml_handle(index)
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                stats["util"] = float(_NVML.nvmlDeviceGetUtilizationRates(handle).gpu)
+        return stats
+    return process_stats()
+
+
+_PROC: Any = None
+
+
+def process_stats() -> dict[str, float]:
+    """This process's resident memory (MiB) and CPU use (percent of one core)."""
+    global _PROC
+    try:
+        import psutil
+    except ImportError:
+        return {}
+    if _PROC is None:
+        _PROC = psutil.Process(os.getpid())
+        _PROC.cpu_percent(None)
+    return {"rss": _PROC.memory_info().rss / (1024 * 1024), "cpu": _PROC.cpu_percent(None)}

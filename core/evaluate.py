@@ -1,0 +1,176 @@
+"""Evaluation: top-1, top-5, per-class accuracy and the confusion matrix, as events.
+
+``Tally`` accumulates on the device (no host sync per batch) and is shared by the training
+loop's validation pass and by ``evaluate``, so a bundle evaluated later reproduces the
+accuracy its run reported. ``evaluate(ref, dataset)`` scores a run, bundle or ``last``: with
+no dataset it uses the run's own validation split; with one it uses that dataset's test split,
+matching class labels by name.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from core.config import ConfigError, RunConfig
+from core.events import EvalBatchEnded, EvaluationEnded, EvaluationStarted, Event
+from core.transforms import Preprocessing, Transformed, eval_transform
+
+EMIT_INTERVAL = 0.1
+
+
+class Tally:
+    """Running loss, top-1/top-5 hits and confusion counts, kept on the device."""
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        self.num_classes = num_classes
+        self.loss = torch.zeros((), device=device, dtype=torch.float64)
+        self.top1 = torch.zeros((), device=device, dtype=torch.long)
+        self.top5 = torch.zeros((), device=device, dtype=torch.long)
+        self.confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
+        self.count = 0
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch of logits (N, C) against integer labels (N,)."""
+        logits = logits.float()
+        self.loss += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        pred = top[:, 0]
+        self.top1 += (pred == labels).sum()
+        self.top5 += (top == labels[:, None]).any(dim=1).sum()
+        self.confusion += torch.bincount(labels * self.num_classes + pred, minlength=self.num_classes**2)
+        self.count += labels.shape[0]
+
+    def summary(self) -> dict[str, Any]:
+        """Plain numbers (one host sync)."""
+        n = max(1, self.count)
+        conf = self.confusion.view(self.num_classes, self.num_classes).cpu().tolist()
+        per_class = [row[i] / max(1, sum(row)) for i, row in enumerate(conf)]
+        return {
+            "images": self.count,
+            "loss": self.loss.item() / n,
+            "top1": self.top1.item() / n,
+            "top5": self.top5.item() / n,
+            "per_class": per_class,
+            "confusion": conf,
+        }
+
+
+def make_loader(
+    dataset: Any, pre: Preprocessing, batch_size: int, device: torch.device, workers: int | None = None
+) -> DataLoader:
+    """A deterministic evaluation loader for raw (image, label) items."""
+    workers = default_workers(device) if workers is None else workers
+    return DataLoader(
+        Transformed(dataset, eval_transform(pre)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def default_workers(device: torch.device) -> int:
+    """Loader processes: none on CPU (the model uses every core), up to 8 beside a GPU."""
+    import os
+
+    if device.type == "cpu":
+        return 0
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """Move a batch to the device, channels-last on CUDA."""
+    fmt = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+    return images.to(device, non_blocking=True, memory_format=fmt)
+
+
+def evaluate(
+    ref: str,
+    dataset: str | None = None,
+    *,
+    data_dir: str = "data",
+    runs_dir: str = "runs",
+    batch_size: int | None = None,
+    device: str = "auto",
+    workers: int | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[Event]:
+    """Score the model ``ref`` on ``dataset`` (default: its run's validation split)."""
+    from core.data import load_splits
+    from core.device import autocast, configure, pick_device
+    from core.inference import load_classifier
+
+    dev = pick_device(device)
+    configure(dev)
+    clf = load_classifier(ref, dev, runs_dir=runs_dir)
+    run_config = _run_config(clf.path)
+    if dataset is None:
+        if run_config is None:
+            raise ConfigError(f"{ref}: no run config beside this model; pass --dataset")
+        splits = load_splits(run_config.dataset, run_config.data_dir, run_config.val_split, run_config.seed)
+        data, split, dataset = splits.val, "validation", run_config.dataset
+    else:
+        splits = load_splits(dataset, data_dir, run_config.val_split if run_config else 0.1, run_config.seed if run_config else 0)
+        data, split = splits.test, "test" if splits.val_source == "test" else "held-out"
+    label_map = class_mapping(splits.class_names, clf.class_names, dataset)
+    bs = batch_size or (run_config.batch_size if run_config else 64)
+    loader = make_loader(data, clf.preprocessing, bs, dev, workers)
+    batches = len(loader)
+    yield EvaluationStarted(clf.name, dataset, split, len(data), batches)
+    names = [clf.class_names[i] for i in label_map]
+    tally = Tally(len(names), dev)
+    mapping = torch.tensor(label_map, device=dev)
+    start = last = time.perf_counter()
+    with torch.inference_mode(), autocast(dev, clf.amp):
+        for i, (images, labels) in enumerate(loader, 1):
+            if stop is not None and stop.is_set():
+                return
+            logits = clf.logits(to_device(images, dev, True))
+            # Columns in the dataset's class order, so the confusion matrix reads by dataset label.
+            tally.update(logits.float()[:, mapping], labels.to(dev, non_blocking=True))
+            now = time.perf_counter()
+            if now - last >= EMIT_INTERVAL or i == batches:
+                last = now
+                yield EvalBatchEnded(i, batches, tally.count / max(1e-9, now - start))
+    s = tally.summary()
+    yield EvaluationEnded(
+        clf.name, dataset, split, s["images"], s["loss"], s["top1"], s["top5"], tuple(names),
+        tuple(s["per_class"]), tuple(tuple(r) for r in s["confusion"]),
+    )
+
+
+def class_mapping(dataset_classes: list[str], model_classes: list[str], dataset: str) -> list[int]:
+    """For each dataset class, the model's output index with the same name (case-insensitive)."""
+    if list(dataset_classes) == list(model_classes):
+        return list(range(len(model_classes)))
+    index = {_norm(n): i for i, n in enumerate(model_classes)}
+    missing = [n for n in dataset_classes if _norm(n) not in index]
+    if missing:
+        raise ConfigError(
+            f"the model does not know {len(missing)} of {dataset}'s classes (e.g. {missing[0]!r}); "
+            f"its classes are {', '.join(model_classes[:6])}{'...' if len(model_classes) > 6 else ''}"
+        )
+    return [index[_norm(n)] for n in dataset_classes]
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", " ").replace("-", " ")
+
+
+def _run_config(path: Path | None) -> RunConfig | None:
+    if path is None or not (path / "config.json").is_file():
+        return None
+    try:
+        return RunConfig.from_dict(json.loads((path / "config.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None

@@ -1,0 +1,212 @@
+"""Typed events: the only thing the engine hands to a front end.
+
+Training and evaluation are generators of these frozen, slotted dataclasses. They hold plain
+Python values (never tensors), are named in the past tense, and each turns into a JSON
+object with an ``"event"`` key (``to_record``) for ``--json`` output and metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Union
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    """A run directory exists and the first batch is about to load."""
+
+    run_dir: str
+    config: dict[str, Any]
+    command_line: str
+    device: str
+    device_name: str
+    class_names: tuple[str, ...]
+    train_size: int
+    val_size: int
+    total_epochs: int
+    total_steps: int
+    trainable_params: int
+    total_params: int
+    start_epoch: int = 0
+    start_step: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StageStarted:
+    """A stage of the run began: ``probe`` or ``finetune`` (probe-then-finetune has both)."""
+
+    stage: str
+    first_epoch: int
+    epochs: int
+    lr: float
+    trainable_params: int
+
+
+@dataclass(frozen=True, slots=True)
+class EpochStarted:
+    """An epoch began; ``epoch`` counts from 1 over the whole run."""
+
+    epoch: int
+    total_epochs: int
+    stage: str
+    batches: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEnded:
+    """One or more batches finished since the last such event.
+
+    The engine syncs with the device only when it emits, so it coalesces batches and
+    reports every per-batch loss in ``losses`` (oldest first); ``loss`` is the last one.
+    """
+
+    epoch: int
+    batch: int
+    batches: int
+    step: int
+    total_steps: int
+    losses: tuple[float, ...]
+    lr: float
+    images_per_sec: float
+    data_wait: float
+    elapsed: float
+    eta: float
+    stage: str
+
+    @property
+    def loss(self) -> float:
+        """The most recent batch loss."""
+        return self.losses[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class EpochEnded:
+    """An epoch's training and validation figures."""
+
+    epoch: int
+    total_epochs: int
+    stage: str
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+    images_per_sec: float
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSaved:
+    """A resumable checkpoint (or the final bundle) was written."""
+
+    path: str
+    epoch: int
+    step: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageLogged:
+    """A line for the run log (skipped files, fallbacks, warnings)."""
+
+    level: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunStopped:
+    """The run stopped early on request; ``checkpoint`` resumes it."""
+
+    run_dir: str
+    checkpoint: str
+    epoch: int
+    step: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The run completed; ``bundle`` is the final model."""
+
+    run_dir: str
+    bundle: str
+    val_accuracy: float
+    val_loss: float
+    best_val_accuracy: float
+    epochs: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationStarted:
+    """Evaluation of a model on a split began."""
+
+    model: str
+    dataset: str
+    split: str
+    images: int
+    batches: int
+
+
+@dataclass(frozen=True, slots=True)
+class EvalBatchEnded:
+    """Evaluation progress."""
+
+    batch: int
+    batches: int
+    images_per_sec: float
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationEnded:
+    """Evaluation figures: accuracies are fractions in [0, 1]; ``confusion[true][pred]``."""
+
+    model: str
+    dataset: str
+    split: str
+    images: int
+    loss: float
+    top1: float
+    top5: float
+    class_names: tuple[str, ...]
+    per_class: tuple[float, ...]
+    confusion: tuple[tuple[int, ...], ...]
+
+    def most_confused(self, k: int = 5) -> list[tuple[str, str, int]]:
+        """The ``k`` largest off-diagonal cells as (true, predicted, count)."""
+        cells = [
+            (self.class_names[t], self.class_names[p], n)
+            for t, row in enumerate(self.confusion)
+            for p, n in enumerate(row)
+            if t != p and n > 0
+        ]
+        return sorted(cells, key=lambda c: -c[2])[:k]
+
+
+Event = Union[
+    RunStarted,
+    StageStarted,
+    EpochStarted,
+    BatchEnded,
+    EpochEnded,
+    CheckpointSaved,
+    MessageLogged,
+    RunStopped,
+    RunFinished,
+    EvaluationStarted,
+    EvalBatchEnded,
+    EvaluationEnded,
+]
+
+
+def event_name(event: Event) -> str:
+    """``RunFinished`` -> ``run_finished``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).lower()
+
+
+def to_record(event: Event) -> dict[str, Any]:
+    """A JSON-ready dict with the event's snake-case name under ``"event"``."""
+    record: dict[str, Any] = {"event": event_name(event)}
+    record.update(asdict(event))
+    return record

@@ -1,0 +1,161 @@
+"""The run store: ``runs/<name>/`` with config.json, metrics.jsonl, status.json and the bundle.
+
+``create_run_dir`` makes a fresh, sanitised run folder (never outside the runs folder, never
+reusing one); ``MetricsWriter`` appends JSON lines and flushes each; ``list_runs`` reads
+every run's summary without loading torch, tolerating damaged or half-written runs;
+``resolve_model`` turns ``last``, a run name, a run directory or a bundle path into a bundle
+folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from core.config import ConfigError, RunConfig, check_run_name
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One row of ``tlwork runs``."""
+
+    name: str
+    path: str
+    status: str  # running | finished | stopped | failed | unknown
+    mode: str
+    backbone: str
+    dataset: str
+    epochs_done: int
+    epochs: int
+    val_accuracy: float | None
+    best_val_accuracy: float | None
+    started: float
+    seconds: float | None
+    has_bundle: bool
+
+
+def default_name(config: RunConfig) -> str:
+    """``20261127-184501-resnet18-finetune``: sortable, readable, safe as a folder name."""
+    backbone = config.backbone.split(":")[-1].replace("/", "-")
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{backbone}-{config.mode}"
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in base)[:100]
+
+
+def create_run_dir(config: RunConfig) -> Path:
+    """A new folder under ``config.runs_dir``; a taken name gets ``-2``, ``-3``..."""
+    name = config.name or default_name(config)
+    check_run_name(name)
+    root = Path(config.runs_dir).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    candidate, n = root / name, 1
+    while True:
+        try:
+            candidate.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            candidate = root / f"{name}-{n}"
+    if candidate.resolve().parent != root.resolve():
+        raise ConfigError(f"--name {name!r} would write outside {root}")
+    return candidate
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically replace a small JSON file."""
+    from core.bundle import atomic_write
+
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to metrics.jsonl and flushes it at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: TextIO = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append a record with a wall-clock timestamp."""
+        self._fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if not self._fh.closed:
+            self._fh.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every intact line of a run's metrics.jsonl (a torn last line is skipped)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    out: list[dict[str, Any]] = []
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def summarize(run_dir: Path) -> RunSummary:
+    """A run's summary from its files; damaged files give an ``unknown`` row, not an error."""
+    config = _read_json(run_dir / "config.json")
+    status = _read_json(run_dir / "status.json")
+    epochs = [m for m in read_metrics(run_dir) if m.get("event") == "epoch_ended"]
+    accs = [m["val_accuracy"] for m in epochs if isinstance(m.get("val_accuracy"), (int, float))]
+    total = config.get("epochs", 0) + (config.get("probe_epochs", 0) if config.get("mode") == "probe-then-finetune" else 0)
+    return RunSummary(
+        name=run_dir.name,
+        path=str(run_dir),
+        status=status.get("status", "unknown"),
+        mode=config.get("mode", "?"),
+        backbone=config.get("backbone", "?"),
+        dataset=config.get("dataset", "?"),
+        epochs_done=len(epochs),
+        epochs=int(total or 0),
+        val_accuracy=accs[-1] if accs else None,
+        best_val_accuracy=max(accs) if accs else None,
+        started=float(status.get("started", (run_dir / "config.json").stat().st_mtime if (run_dir / "config.json").exists() else 0)),
+        seconds=status.get("seconds"),
+        has_bundle=(run_dir / "model.json").is_file(),
+    )
+
+
+def list_runs(runs_dir: str | Path = "runs") -> list[RunSummary]:
+    """All runs under ``runs_dir``, newest first."""
+    root = Path(runs_dir).expanduser()
+    if not root.is_dir():
+        return []
+    runs = [summarize(d) for d in root.iterdir() if d.is_dir() and (d / "config.json").exists()]
+    return sorted(runs, key=lambda r: (r.started, r.name), reverse=True)
+
+
+def resolve_model(ref: str, runs_dir: str | Path = "runs") -> Path:
+    """A bundle folder for ``last``, a run name, a run directory or a bundle path."""
+    if ref == "last":
+        finished = [r for r in list_runs(runs_dir) if r.has_bundle]
+        if not finished:
+            raise ConfigError(f"no finished run with a model under {runs_dir}/; train one with `tlwork run` first")
+        return Path(finished[0].path)
+    p = Path(ref).expanduser()
+    candidates = [p, Path(runs_dir).expanduser() / ref] if not p.is_absolute() else [p]
+    for c in candidates:
+        if (c.is_file() and c.name in ("model.json", "model.safetensors")) or (c / "model.json").is_file():
+            return c if c.is_dir() else c.parent
+    for c in candidates:
+        if c.is_dir() and (c / "config.json").is_file():
+            raise ConfigError(f"{c}: this run has no final model yet (stopped or still running); resume or finish it first")
+    raise ConfigError(f"{ref}: no such run or bundle; pass a run directory, a model.json path or 'last' (see `tlwork runs`)")

@@ -1,0 +1,301 @@
+"""The headless command line: ``tlwork run``, ``eval``, ``runs``, ``backbones`` (and the app).
+
+Every command is a thin loop over an engine generator, rendered by ``tui.render``. Choices
+and their help come from ``core.registry``, the same lists the Textual menus show. Nothing
+here imports torch at module level, so ``tlwork --help`` stays fast.
+
+Exit codes: 0 success; 1 an unexpected error (traceback on stderr); 2 a usage error (bad
+option or value, unknown model or dataset); 3 data or weights unavailable (a download
+failed, a file is unreadable); 4 the run stopped early on a signal (SIGINT, SIGTERM or
+SIGHUP) after saving a checkpoint; 130 a second Ctrl+C ended it at once.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from typing import Any, Iterator, Optional
+
+import typer
+
+from core import registry
+from core.config import ConfigError, RunConfig
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+app = typer.Typer(
+    name="tlwork",
+    help="A terminal workbench for transfer learning on image classification. "
+    "With no command, opens the Textual app.",
+    no_args_is_help=False,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print a one-line error on stderr and return the Exit to raise."""
+    typer.echo(f"tlwork: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _unavailable_types() -> tuple[type[BaseException], ...]:
+    from core.data import DataError
+    from core.models import WeightsUnavailable
+
+    return (WeightsUnavailable, DataError)
+
+
+def consume(events: Iterator[Any], as_json: bool) -> Any:
+    """Render every event of a generator; returns the last one. Maps engine errors to exits."""
+    from tui.render import pick_renderer
+
+    renderer = pick_renderer(as_json)
+    last = None
+    try:
+        for event in events:
+            renderer.handle(event)
+            last = event
+    except ConfigError as exc:
+        renderer.close()
+        raise fail(str(exc), EXIT_UNAVAILABLE if isinstance(exc, _unavailable_types()) else EXIT_USAGE) from None
+    except _unavailable_types() as exc:
+        renderer.close()
+        raise fail(str(exc), EXIT_UNAVAILABLE) from None
+    except Exception:
+        renderer.close()
+        raise
+    renderer.close()
+    return last
+
+
+class SignalStop:
+    """SIGINT, SIGTERM and SIGHUP set ``event`` (stop at the next batch); a second SIGINT exits at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalStop:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        self.event.set()
+        typer.echo(
+            f"tlwork: {signal.Signals(signum).name}: stopping after this batch and saving a checkpoint"
+            + (" (Ctrl+C again to quit at once)" if signum == signal.SIGINT else ""),
+            err=True,
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _choice_help(choices: tuple[registry.Choice, ...]) -> str:
+    return registry.describe(choices)
+
+
+@app.callback(invoke_without_command=True)
+def main_callback(ctx: typer.Context) -> None:
+    """Open the Textual workbench when no command is given."""
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        from tui.app import make_app
+    except ImportError:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(EXIT_OK) from None
+    make_app().run()
+
+
+@app.command()
+def run(
+    mode: str = typer.Option("linear-probe", help=_choice_help(registry.MODES)),
+    backbone: str = typer.Option("resnet18", help=_choice_help(registry.BACKBONES) + "; or timm:NAME, hf:ID_OR_PATH"),
+    weights: str = typer.Option("imagenet", help="imagenet (download once, then cached), none (random), or PATH to .safetensors / state dict"),
+    dataset: str = typer.Option("cifar10", help=_choice_help(registry.DATASETS)),
+    data_dir: str = typer.Option("data", help="where CIFAR-10/100 are downloaded or found"),
+    val_split: float = typer.Option(0.1, help="fraction of training images held out for validation when the dataset has no test/val split"),
+    augment: Optional[str] = typer.Option(None, help="default: none for probing, crop-flip otherwise. " + _choice_help(registry.AUGMENTATIONS)),
+    scheduler: Optional[str] = typer.Option(None, help="default: none for probing, step otherwise. " + _choice_help(registry.SCHEDULERS)),
+    optimizer: str = typer.Option("sgd", help=_choice_help(registry.OPTIMIZERS)),
+    epochs: int = typer.Option(5, help="training epochs (for probe-then-finetune: the fine-tuning epochs)"),
+    probe_epochs: int = typer.Option(1, help="probe-then-finetune: epochs of linear probing before fine-tuning"),
+    lr: Optional[float] = typer.Option(None, help="learning rate; default 1e-3 for linear-probe, 5e-4 otherwise"),
+    probe_lr: Optional[float] = typer.Option(None, help="probe-then-finetune: learning rate of the probe stage (default 1e-3)"),
+    momentum: float = typer.Option(0.9, help="SGD momentum"),
+    weight_decay: float = typer.Option(0.0, help="weight decay"),
+    label_smoothing: float = typer.Option(0.0, help="cross-entropy label smoothing in [0, 1)"),
+    batch_size: int = typer.Option(256, help="images per batch"),
+    image_size: int = typer.Option(224, help="input size in pixels (images are resized to a square)"),
+    normalize: str = typer.Option("dataset", help=_choice_help(registry.NORMALIZATIONS)),
+    step_size: int = typer.Option(5, help="step scheduler: epochs between decays"),
+    step_gamma: float = typer.Option(0.1, help="step scheduler: decay factor"),
+    warmup_epochs: int = typer.Option(0, help="cosine scheduler: linear warm-up epochs"),
+    unfreeze_stages: int = typer.Option(1, help="partial mode: how many of the last backbone stages train"),
+    seed: int = typer.Option(0, help="random seed (CPU runs are repeatable)"),
+    device: str = typer.Option("auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu"),
+    workers: Optional[int] = typer.Option(None, help="data-loader processes (default: 0 on CPU, up to 8 beside a GPU)"),
+    amp: bool = typer.Option(True, help="bf16 autocast on CUDA"),
+    channels_last: bool = typer.Option(True, help="channels-last memory format on CUDA"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
+    runs_dir: str = typer.Option("runs", help="where run directories are written"),
+    name: Optional[str] = typer.Option(None, help="run directory name (default: time-backbone-mode)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per event per line"),
+) -> None:
+    """Train a backbone on a dataset: linear probe, fine-tune, partial, or probe-then-finetune."""
+    values = dict(locals())
+    values.pop("as_json")
+    try:
+        config = RunConfig(**values).resolved()
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    from core.train import train
+
+    with SignalStop() as stopper:
+        try:
+            last = consume(train(config, stop=stopper.event), as_json)
+        except KeyboardInterrupt:
+            typer.echo("tlwork: interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    from core.events import RunStopped
+
+    if isinstance(last, RunStopped):
+        raise typer.Exit(EXIT_STOPPED)
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Argument(..., help="a run directory or name, a bundle (model.json), 'last', or hf:ID_OR_PATH"),
+    dataset: Optional[str] = typer.Option(None, help="dataset to score (its test split); default: the run's own validation split"),
+    data_dir: str = typer.Option("data", help="where CIFAR-10/100 are found"),
+    batch_size: Optional[int] = typer.Option(None, help="images per batch (default: the run's)"),
+    device: str = typer.Option("auto", help="auto, cuda, cuda:N, mps or cpu"),
+    runs_dir: str = typer.Option("runs", help="where runs are looked up"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object with top1, top5, per_class, confusion"),
+) -> None:
+    """Score a model: top-1, top-5, per-class accuracy and the confusion matrix."""
+    from core.evaluate import evaluate
+    from core.events import EvaluationEnded
+
+    if batch_size is not None and batch_size < 1:
+        raise fail(f"--batch-size must be at least 1 (got {batch_size})")
+    events = evaluate(model, dataset, data_dir=data_dir, runs_dir=runs_dir, batch_size=batch_size, device=device)
+    if as_json:
+        result = consume((e for e in events if isinstance(e, EvaluationEnded)), as_json=False)
+        if result is None:
+            raise fail("evaluation produced no result", EXIT_ERROR)
+        typer.echo(json.dumps(evaluation_record(result)))
+        return
+    result = consume(events, as_json=False)
+    if isinstance(result, EvaluationEnded):
+        print_evaluation(result)
+
+
+def evaluation_record(result: Any) -> dict[str, Any]:
+    """The ``--json`` object of ``tlwork eval``."""
+    return {
+        "model": result.model,
+        "dataset": result.dataset,
+        "split": result.split,
+        "images": result.images,
+        "loss": result.loss,
+        "top1": result.top1,
+        "top5": result.top5,
+        "per_class": dict(zip(result.class_names, result.per_class)),
+        "confusion": [list(r) for r in result.confusion],
+        "class_names": list(result.class_names),
+    }
+
+
+def print_evaluation(result: Any) -> None:
+    """Top-1/top-5, a per-class table and the confusion matrix as text."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    console.print(
+        f"top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%  loss {result.loss:.4f}  "
+        f"({result.images} images, {result.dataset} {result.split})"
+    )
+    per = Table("class", "accuracy", "images", title="per class", title_justify="left")
+    for name, acc, row in zip(result.class_names, result.per_class, result.confusion):
+        per.add_row(name, f"{100 * acc:.1f}%", str(sum(row)))
+    console.print(per)
+    short = [n[:5] for n in result.class_names]
+    conf = Table("true \\ pred", *short, title="confusion matrix (rows: true class)", title_justify="left")
+    for name, row in zip(result.class_names, result.confusion):
+        conf.add_row(name, *[str(v) for v in row])
+    console.print(conf)
+    pairs = result.most_confused(5)
+    if pairs:
+        console.print("most confused: " + "; ".join(f"{t} -> {p} ({n})" for t, p, n in pairs))
+
+
+@app.command()
+def runs(
+    runs_dir: str = typer.Option("runs", help="where runs are looked up"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per run per line"),
+) -> None:
+    """List past runs with their status and key figures, newest first."""
+    from dataclasses import asdict
+
+    from core.runs import list_runs
+
+    rows = list_runs(runs_dir)
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps(asdict(r)))
+        return
+    if not rows:
+        typer.echo(f"no runs under {runs_dir}/ yet; start one with `tlwork run --dataset demo`")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "status", "mode", "backbone", "dataset", "epochs", "val acc", "best", "model")
+    for r in rows:
+        acc = f"{100 * r.val_accuracy:.2f}%" if r.val_accuracy is not None else "-"
+        best = f"{100 * r.best_val_accuracy:.2f}%" if r.best_val_accuracy is not None else "-"
+        table.add_row(r.name, r.status, r.mode, r.backbone, r.dataset, f"{r.epochs_done}/{r.epochs}", acc, best, "yes" if r.has_bundle else "-")
+    Console(highlight=False).print(table)
+
+
+@app.command()
+def backbones(as_json: bool = typer.Option(False, "--json", help="JSON lines")) -> None:
+    """List the built-in backbones, modes, augmentations and schedulers."""
+    groups = {
+        "backbones": registry.BACKBONES + registry.BACKBONE_PREFIXES,
+        "modes": registry.MODES,
+        "augmentations": registry.AUGMENTATIONS,
+        "schedulers": registry.SCHEDULERS,
+        "optimizers": registry.OPTIMIZERS,
+        "datasets": registry.DATASETS,
+    }
+    for group, choices in groups.items():
+        if as_json:
+            for c in choices:
+                typer.echo(json.dumps({"group": group, "name": c.name, "label": c.label, "description": c.description}))
+            continue
+        typer.echo(f"{group}:")
+        for c in choices:
+            typer.echo(f"  {c.name:<22} {c.description}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("tlwork: interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
