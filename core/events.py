@@ -184,6 +184,41 @@ class EvaluationEnded:
         return sorted(cells, key=lambda c: -c[2])[:k]
 
 
+@dataclass(frozen=True, slots=True)
+class ClassificationStarted:
+    """Classifying ``images`` files with ``model`` began."""
+
+    model: str
+    images: int
+    top_k: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageClassified:
+    """One file's top-k predictions as (label, probability), best first."""
+
+    path: str
+    predictions: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFailed:
+    """A file that could not be classified (missing, not an image, truncated, too large)."""
+
+    path: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClassificationEnded:
+    """All files were tried."""
+
+    model: str
+    classified: int
+    failed: int
+    seconds: float
+
+
 Event = Union[
     RunStarted,
     StageStarted,
@@ -197,6 +232,10 @@ Event = Union[
     EvaluationStarted,
     EvalBatchEnded,
     EvaluationEnded,
+    ClassificationStarted,
+    ImageClassified,
+    ImageFailed,
+    ClassificationEnded,
 ]
 
 
