@@ -1,0 +1,195 @@
+"""Shared fixtures: tiny generated image folders, fast CPU run configs and one trained run.
+
+``make_image_folder`` writes a small ImageFolder dataset with Pillow whose classes differ in
+colour and pattern, so even a few batches learn something. ``tiny_folder`` and
+``tiny_config`` give each test its own copy; ``finished_run`` trains one tiny run per test
+session (per xdist worker) and hands back its directory and the events it produced, for
+tests that need a real bundle without paying for training again. Nothing here downloads
+anything, and torch is imported only inside the fixtures that train.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from core.config import RunConfig
+
+# Tiny models gain nothing from intra-op threads, and two xdist workers (or any other busy
+# process) on two cores make torch's spinning thread pool several times slower than one
+# thread: measured 31 s against 6 s for test_engine.py on a loaded 2-core machine. Set
+# before anything imports torch; an explicit OMP_NUM_THREADS wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # a plugin got there first
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+TINY_CLASSES = ("circle", "stripes", "checks")
+"""Class names of the generated folders (sorted order differs on purpose: labels follow sorting)."""
+
+TINY_BACKBONE = "timm:test_resnet"
+"""A real timm ResNet with BatchNorm, about 0.4M parameters: the fastest BN model on CPU here."""
+
+
+def _draw(label: int, size: int, rng: Any) -> Any:
+    """One RGB image whose colour and pattern depend on ``label``, with per-image noise."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    base = np.zeros((size, size, 3), dtype=np.float64)
+    colour = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 200, 40), (160, 60, 200)][label % 5]
+    if label % 3 == 0:  # a filled disc
+        cy, cx = rng.integers(size // 3, 2 * size // 3, size=2)
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < (size // 3) ** 2
+    elif label % 3 == 1:  # horizontal stripes
+        mask = ((yy + rng.integers(0, 4)) // 3) % 2 == 0
+    else:  # a checkerboard
+        mask = ((yy // 4) + (xx // 4)) % 2 == 0
+    base[mask] = colour
+    base[~mask] = (30, 30, 30)
+    base += rng.normal(0, 20, size=base.shape)
+    return Image.fromarray(np.clip(base, 0, 255).astype("uint8"), "RGB")
+
+
+def make_image_folder(
+    root: Path,
+    *,
+    classes: tuple[str, ...] = TINY_CLASSES,
+    train: int = 12,
+    test: int = 4,
+    size: int = 24,
+    layout: str = "train-test",
+    seed: int = 0,
+) -> Path:
+    """Write a generated ImageFolder dataset under ``root`` and return ``root``.
+
+    Args:
+        classes: class folder names; label ``i`` (in this order) picks colour and pattern.
+        train: images per class in the training part.
+        test: images per class in the test part (ignored unless the layout has one).
+        size: image side in pixels.
+        layout: ``train-test`` (root/train, root/test), ``train-val`` (root/train,
+            root/val), ``train-only`` (root/train) or ``flat`` (class folders at root).
+        seed: noise and placement seed; the same arguments always write the same pixels.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    parts: dict[str, int]
+    if layout == "train-test":
+        parts = {"train": train, "test": test}
+    elif layout == "train-val":
+        parts = {"train": train, "val": test}
+    elif layout == "train-only":
+        parts = {"train": train}
+    elif layout == "flat":
+        parts = {"": train}
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    for part, count in parts.items():
+        for label, name in enumerate(classes):
+            folder = root / part / name if part else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                _draw(label, size, rng).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """A 3-class generated dataset: 12 train + 4 test PNGs per class at 24x24, in PATH/train and PATH/test."""
+    return make_image_folder(tmp_path / "tiny-data")
+
+
+@pytest.fixture
+def tiny_config(tiny_folder: Path, tmp_path: Path) -> Callable[..., RunConfig]:
+    """A factory: ``tiny_config(mode="finetune", epochs=2, ...)`` -> a fast CPU ``RunConfig``.
+
+    Defaults: the ``tiny_folder`` dataset, ``TINY_BACKBONE`` with random weights, 32 px,
+    batch 16 (three batches an epoch), one epoch, no loader processes, runs under
+    ``tmp_path/runs``. Keyword arguments override any field.
+    """
+
+    def make(**overrides: Any) -> RunConfig:
+        values: dict[str, Any] = {
+            "mode": "finetune",
+            "backbone": TINY_BACKBONE,
+            "weights": "none",
+            "dataset": f"imagefolder:{tiny_folder}",
+            "image_size": 32,
+            "batch_size": 16,
+            "epochs": 1,
+            "device": "cpu",
+            "workers": 0,
+            "runs_dir": str(tmp_path / "runs"),
+        }
+        values.update(overrides)
+        return RunConfig(**values)
+
+    return make
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A trained run: its directory, the runs folder it sits in, its config and its events."""
+
+    run_dir: Path
+    runs_dir: Path
+    config: RunConfig
+    events: tuple[Any, ...]
+
+    @property
+    def finished(self) -> Any:
+        """The run's ``RunFinished`` event (val_accuracy, bundle path...)."""
+        return self.events[-1]
+
+    @property
+    def bundle(self) -> Path:
+        """The bundle's model.json."""
+        return self.run_dir / "model.json"
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
+    """One really trained tiny run with a bundle (2 epochs, finetune), shared by the session.
+
+    Treat it as read-only: copy the directory before changing anything in it.
+    """
+    from core.events import RunFinished
+    from core.train import train
+
+    root = tmp_path_factory.mktemp("finished-run")
+    folder = make_image_folder(root / "data")
+    config = RunConfig(
+        mode="finetune",
+        backbone=TINY_BACKBONE,
+        weights="none",
+        dataset=f"imagefolder:{folder}",
+        image_size=32,
+        batch_size=16,
+        epochs=2,
+        device="cpu",
+        workers=0,
+        runs_dir=str(root / "runs"),
+        name="tiny",
+        seed=1,
+    )
+    events = tuple(train(config))
+    assert isinstance(events[-1], RunFinished), events[-1]
+    return FinishedRun(Path(events[-1].run_dir), root / "runs", config, events)
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    """../shared (real CIFAR-10 JPEGs, EfficientNet-Lite0 weights); skips the test when absent."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"{SHARED_DIR} is absent (real data and weights live there on developer machines)")
+    return SHARED_DIR
