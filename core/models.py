@@ -41,6 +41,7 @@ class ModelInfo:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     extra: dict[str, Any] = field(default_factory=dict)
+    fresh_head: bool = True  # False when the head's weights came from the weights file
 
     def arch(self) -> dict[str, Any]:
         """The part of model.json that rebuilds this architecture."""
@@ -71,7 +72,21 @@ def build_model(backbone: str, num_classes: int, weights: str = "imagenet") -> t
     rest = [n for n, _ in model.named_parameters() if n not in staged and not n.startswith(info.head + ".")]
     if rest and info.stages:
         info.stages[-1] += rest
+    head = model.get_submodule(info.head)
+    if info.fresh_head and isinstance(head, nn.Linear):
+        init_head(head)
     return model, info
+
+
+def init_head(head: nn.Linear) -> None:
+    """A new head starts near zero (MAE's linear-probe init: trunc-normal, std 0.01, zero bias).
+
+    Library inits differ widely (timm's EfficientNet scales by 1/sqrt(classes), which gives
+    logits in the tens on 1280-d features and a loss of 7+ at the notebook's SGD 1e-3), so
+    every backbone gets the same well-behaved start.
+    """
+    nn.init.trunc_normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
 
 
 def _build_torchvision(name: str, num_classes: int, weights: str) -> tuple[nn.Module, ModelInfo]:
@@ -90,7 +105,7 @@ def _build_torchvision(name: str, num_classes: int, weights: str) -> tuple[nn.Mo
         info.mean, info.std = tuple(enum.transforms().mean), tuple(enum.transforms().std)
         info.interpolation = str(enum.transforms().interpolation.value)
     elif weights != "none":
-        _load_into(model, read_state_dict(weights), info.head, source=weights)
+        info.fresh_head = not _load_into(model, read_state_dict(weights), info.head, source=weights)
     return model, info
 
 
@@ -134,7 +149,7 @@ def _build_timm(name: str, num_classes: int, weights: str) -> tuple[nn.Module, M
         str(cfg.get("interpolation", "bilinear")),
     )
     if weights not in ("imagenet", "none"):
-        _load_into(model, read_state_dict(weights), info.head, source=weights)
+        info.fresh_head = not _load_into(model, read_state_dict(weights), info.head, source=weights)
     return model, info
 
 
@@ -174,7 +189,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {re.sub(r"^(module\.|_orig_mod\.)", "", k): v for k, v in state.items()}
 
 
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], head: str, source: str) -> None:
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], head: str, source: str) -> bool:
     """Load ``state`` into ``model``, dropping a head of another shape; other gaps are errors."""
     own = model.state_dict()
     kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -186,6 +201,7 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], head: str, sour
             f"(e.g. {missing[0]}), {len(unexpected)} unexpected; check --backbone"
         )
     model.load_state_dict(kept, strict=False)
+    return any(k.startswith(head + ".") for k in kept)
 
 
 def _get_module(model: nn.Module, path: str) -> nn.Module:
