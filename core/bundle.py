@@ -116,7 +116,12 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
     meta = read_meta(d)
     arch = meta["arch"]
     backbone = arch["name"] if arch["kind"] == "torchvision" else f"{arch['kind']}:{arch['name']}"
-    model, _ = build_model(backbone, int(meta["num_classes"]), weights="none")
+    if arch["kind"] == "hf":  # rebuilt from the config stored in model.json: no hub, no network
+        from core.hf import model_from_arch
+
+        model = model_from_arch(arch, list(meta["class_names"]))
+    else:
+        model, _ = build_model(backbone, int(meta["num_classes"]), weights="none")
     try:
         state = load_file(str(d / "model.safetensors"))
     except Exception as exc:

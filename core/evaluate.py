@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -65,12 +65,17 @@ class Tally:
 
 
 def make_loader(
-    dataset: Any, pre: Preprocessing, batch_size: int, device: torch.device, workers: int | None = None
+    dataset: Any,
+    pre: Preprocessing,
+    batch_size: int,
+    device: torch.device,
+    workers: int | None = None,
+    transform: Callable[[Any], torch.Tensor] | None = None,
 ) -> DataLoader:
-    """A deterministic evaluation loader for raw (image, label) items."""
+    """A deterministic evaluation loader for raw (image, label) items (``transform`` overrides ``pre``)."""
     workers = default_workers(device) if workers is None else workers
     return DataLoader(
-        Transformed(dataset, eval_transform(pre)),
+        Transformed(dataset, transform or eval_transform(pre)),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -124,7 +129,7 @@ def evaluate(
         data, split = splits.test, "test" if splits.val_source == "test" else "held-out"
     label_map = class_mapping(splits.class_names, clf.class_names, dataset)
     bs = batch_size or (run_config.batch_size if run_config else 64)
-    loader = make_loader(data, clf.preprocessing, bs, dev, workers)
+    loader = make_loader(data, clf.preprocessing, bs, dev, workers, clf.transform)
     batches = len(loader)
     yield EvaluationStarted(clf.name, dataset, split, len(data), batches)
     names = [clf.class_names[i] for i in label_map]

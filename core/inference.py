@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ class Classifier:
     logits: Callable[[torch.Tensor], torch.Tensor]
     path: Path | None = None
     amp: bool = True
+    # PIL image -> input tensor when the model brings its own (a Hugging Face image processor);
+    # None means eval_transform(preprocessing).
+    transform: Callable[[Any], torch.Tensor] | None = None
 
 
 def load_classifier(ref: str, device: torch.device, runs_dir: str = "runs") -> Classifier:

@@ -41,6 +41,7 @@ class ModelInfo:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     extra: dict[str, Any] = field(default_factory=dict)
+    size: int | None = None  # the input size the backbone requires (hf: its image processor's), else None
     fresh_head: bool = True  # False when the head's weights came from the weights file
 
     def arch(self) -> dict[str, Any]:
@@ -56,15 +57,20 @@ def parse_backbone(backbone: str) -> tuple[str, str]:
     return "torchvision", backbone
 
 
-def build_model(backbone: str, num_classes: int, weights: str = "imagenet") -> tuple[nn.Module, ModelInfo]:
-    """A classifier for ``num_classes`` built on ``backbone`` with ``weights`` loaded."""
+def build_model(
+    backbone: str, num_classes: int, weights: str = "imagenet", class_names: list[str] | None = None
+) -> tuple[nn.Module, ModelInfo]:
+    """A classifier for ``num_classes`` built on ``backbone`` with ``weights`` loaded.
+
+    ``class_names`` label the head where the model records them (an ``hf:`` model's id2label).
+    """
     kind, name = parse_backbone(backbone)
     if kind == "timm":
         model, info = _build_timm(name, num_classes, weights)
     elif kind == "hf":
         from core import hf
 
-        model, info = hf.build_hf_classifier(name, num_classes, weights)
+        model, info = hf.build_hf_classifier(name, num_classes, weights, class_names)
     else:
         model, info = _build_torchvision(name, num_classes, weights)
     # Layers between the trunk and the new head (MobileNet's pre-logits) belong to the last stage.

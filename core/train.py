@@ -87,7 +87,13 @@ class EpochSampler(Sampler[int]):
 
 
 def preprocessing_for(config: RunConfig, splits: Splits, info: ModelInfo) -> Preprocessing:
-    """Input size, normalisation (the dataset's or the backbone's) and interpolation."""
+    """Input size, normalisation (the dataset's or the backbone's) and interpolation.
+
+    A backbone that fixes its input (an ``hf:`` model: its image processor's size, mean and
+    std, which its position embeddings and pretraining assume) gets exactly that.
+    """
+    if info.size is not None:
+        return Preprocessing(info.size, tuple(info.mean), tuple(info.std), info.interpolation)
     if config.normalize == "backbone":
         mean, std = info.mean, info.std
     else:
@@ -118,7 +124,7 @@ def train(
     configure(device)
     seed_everything(config.seed)
     splits = load_splits(config.dataset, config.data_dir, config.val_split, config.seed)
-    model, info = build_model(config.backbone, len(splits.class_names), config.weights)
+    model, info = build_model(config.backbone, len(splits.class_names), config.weights, splits.class_names)
     pre = preprocessing_for(config, splits, info)
     model.to(device)
     if config.channels_last and device.type == "cuda":

@@ -1,0 +1,250 @@
+"""Classify image files with any model tlwork knows: a generator of classification events.
+
+``classify(model_ref, inputs)`` takes files and folders (a folder is searched recursively for
+image files), loads the model once and classifies the images in batches, yielding
+``ClassificationStarted``, one ``ImageClassified`` (top-k labels with probabilities) or
+``ImageFailed`` (a one-line reason naming the file) per image in input order, and
+``ClassificationEnded``. A bad file never stops the others.
+
+``model_ref`` is a run directory or name, a bundle (folder or model.json), ``last``, a
+Hugging Face hub id with or without the ``hf:`` prefix (``owner/name``; a bare name without
+a slash is looked up as a run, so single-word hub ids need ``hf:``), or a local Hugging Face
+folder (one whose config.json describes a transformers model). A bundle decodes and
+preprocesses a file exactly as evaluation does (``core.data.open_rgb`` then
+``eval_transform``), so it predicts what evaluation scored; a Hugging Face model decodes and
+preprocesses as ``pipeline("image-classification")`` does (EXIF orientation applied, the
+model's own image processor), so its top-k matches the pipeline's.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from core.config import ConfigError
+from core.events import ClassificationEnded, ClassificationStarted, Event, ImageClassified, ImageFailed
+
+DEFAULT_MODEL = "hf:nateraw/vit-base-patch16-224-cifar10"
+"""The notebook's fine-tuned CIFAR-10 ViT."""
+
+
+# --- inputs -------------------------------------------------------------------------------
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Files as given (even missing ones, which fail later) and each folder's image files, sorted."""
+    from core.data import IMAGE_EXTENSIONS
+
+    if not inputs:
+        raise ConfigError("no images given; pass image files or folders, e.g. tlwork classify photo.jpg")
+    files: list[str] = []
+    empty: list[str] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(
+                str(f) for f in p.rglob("*")
+                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file() and not f.name.startswith(".")
+            )
+            files += found
+            if not found:
+                empty.append(item)
+        else:
+            files.append(item)
+    if not files:
+        raise ConfigError(f"no image files in {', '.join(empty)}; extensions looked for: {', '.join(IMAGE_EXTENSIONS)}")
+    return files
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def image_error(path: str, exc: BaseException) -> str:
+    """A one-line reason, naming the file, for an error raised while reading ``path``."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if isinstance(exc, FileNotFoundError) or not p.exists():
+        return f"{path}: no such file"
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"{path}: refused as a possible decompression bomb ({_one_line(exc)})"
+    if p.is_dir():
+        return f"{path}: a folder, not an image file"
+    try:
+        if p.stat().st_size == 0:
+            return f"{path}: empty file (0 bytes), not an image"
+    except OSError:
+        pass
+    if isinstance(exc, UnidentifiedImageError):
+        return f"{path}: not an image Pillow can read"
+    if "truncated" in str(exc).lower() or isinstance(exc, EOFError):
+        return f"{path}: truncated or damaged image ({_one_line(exc)})"
+    if isinstance(exc, PermissionError):
+        return f"{path}: cannot be read (permission denied)"
+    return f"{path}: cannot be decoded ({type(exc).__name__}: {_one_line(exc)})"
+
+
+def read_image(path: str, exif_orientation: bool = False) -> Any:
+    """The file as an RGB PIL image; a decompression-bomb warning is an error, never decoded.
+
+    ``exif_orientation=False`` decodes as training and evaluation do (``core.data.open_rgb``);
+    True also applies the EXIF orientation, as transformers' ``load_image`` does.
+    """
+    from PIL import Image, ImageOps
+
+    from core.data import open_rgb
+
+    with warnings.catch_warnings():
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; tlwork refuses such files.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        if not exif_orientation:
+            return open_rgb(path)
+        with Image.open(path) as img:
+            img.load()
+            return ImageOps.exif_transpose(img).convert("RGB")
+
+
+class _Files:
+    """(index, tensor or None, error or None) for each file: a Dataset that never raises."""
+
+    def __init__(self, paths: list[str], transform: Callable[[Any], Any], exif_orientation: bool) -> None:
+        self.paths = paths
+        self.transform = transform
+        self.exif_orientation = exif_orientation
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
+        path = self.paths[index]
+        try:
+            image = read_image(path, self.exif_orientation)
+        except Exception as exc:  # every decoding failure becomes an ImageFailed, never a crash
+            return index, None, image_error(path, exc)
+        try:
+            return index, self.transform(image), None
+        except Exception as exc:
+            return index, None, f"{path}: cannot be preprocessed ({type(exc).__name__}: {_one_line(exc)})"
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+def _is_hf_folder(folder: Path) -> bool:
+    """A folder whose config.json describes a transformers model (a run's config.json does not)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
+
+
+def resolve_ref(ref: str, runs_dir: str = "runs") -> str:
+    """``ref`` as ``core.inference.load_classifier`` takes it: Hugging Face models get ``hf:``."""
+    if ref.startswith("hf:") or ref == "last":
+        return ref
+    p = Path(ref).expanduser()
+    if p.is_dir() and not (p / "model.json").is_file() and _is_hf_folder(p):
+        return "hf:" + ref
+    if p.exists() or (Path(runs_dir).expanduser() / ref).exists():
+        return ref  # a run or bundle; load_classifier explains what is wrong with it
+    if "/" in ref and not ref.startswith((".", "/", "~")) and ref.count("/") == 1:
+        return "hf:" + ref
+    raise ConfigError(
+        f"unknown model {ref!r}: no such run under {runs_dir}/, bundle or folder; pass a run directory, a bundle "
+        "(model.json), 'last', a Hugging Face hub id (owner/name or hf:ID) or a local Hugging Face folder"
+    )
+
+
+def load_model(model_ref: str, device: Any, runs_dir: str = "runs") -> Any:
+    """The ``Classifier`` for ``model_ref`` (see the module docstring for what it may be)."""
+    from core.inference import load_classifier
+    from core.models import WeightsUnavailable
+
+    ref = resolve_ref(model_ref, runs_dir)
+    try:
+        return load_classifier(ref, device, runs_dir=runs_dir)
+    except (ConfigError, WeightsUnavailable) as exc:
+        if ref == model_ref:
+            raise
+        # A bare owner/name was taken for a hub id: say so, in case a local path was meant.
+        raise type(exc)(f"{exc} (no local run, bundle or folder is named {model_ref!r})") from None
+
+
+# --- classification -----------------------------------------------------------------------
+
+
+def classify(
+    model_ref: str | None,
+    inputs: list[str],
+    *,
+    top_k: int = 5,
+    batch_size: int = 32,
+    device: str = "auto",
+    runs_dir: str = "runs",
+    workers: int | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[Event]:
+    """Classify ``inputs`` (files and folders) with ``model_ref``, yielding events (see module docstring)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from core.device import autocast, configure, pick_device
+    from core.evaluate import default_workers, to_device
+    from core.transforms import eval_transform
+
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1 (got {top_k})")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
+    files = expand_inputs(list(inputs))
+    dev = pick_device(device)
+    configure(dev)
+    clf = load_model(model_ref or DEFAULT_MODEL, dev, runs_dir)
+    hf_model = clf.transform is not None
+    transform = clf.transform or eval_transform(clf.preprocessing)
+    activation = getattr(clf.model, "activation", "softmax")
+    k = min(top_k, len(clf.class_names))
+    loader = DataLoader(
+        _Files(files, transform, exif_orientation=hf_model),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=default_workers(dev) if workers is None else workers,
+        collate_fn=_as_list,
+    )
+    start = time.perf_counter()
+    classified = failed = 0
+    yield ClassificationStarted(clf.name, len(files), k)
+    for batch in loader:
+        if stop is not None and stop.is_set():
+            break
+        good = [(i, t) for i, t, err in batch if err is None]
+        ranked: dict[int, tuple[tuple[str, float], ...]] = {}
+        if good:
+            # Inside the block only: the consumer's code between yields must not run in inference mode.
+            with torch.inference_mode(), autocast(dev, clf.amp):
+                logits = clf.logits(to_device(torch.stack([t for _, t in good]), dev, True)).float()
+                probs = logits.sigmoid() if activation == "sigmoid" else logits.softmax(dim=1)
+                # A stable sort breaks ties by class index, as the pipeline's sorted() does.
+                scores, order = probs.sort(dim=1, descending=True, stable=True)
+                top_scores, top_order = scores[:, :k].cpu().tolist(), order[:, :k].cpu().tolist()
+            for (i, _), row_s, row_o in zip(good, top_scores, top_order):
+                ranked[i] = tuple((clf.class_names[c], float(s)) for c, s in zip(row_o, row_s))
+        for i, _, err in batch:
+            if err is None:
+                classified += 1
+                yield ImageClassified(files[i], ranked[i])
+            else:
+                failed += 1
+                yield ImageFailed(files[i], err)
+    yield ClassificationEnded(clf.name, classified, failed, time.perf_counter() - start)
