@@ -7,7 +7,8 @@ here imports torch at module level, so ``tlwork --help`` stays fast.
 Exit codes: 0 success; 1 an unexpected error (traceback on stderr); 2 a usage error (bad
 option or value, unknown model or dataset); 3 data or weights unavailable (a download
 failed, a file is unreadable); 4 the run stopped early on a signal (SIGINT, SIGTERM or
-SIGHUP) after saving a checkpoint; 130 a second Ctrl+C ended it at once.
+SIGHUP) after saving a checkpoint; 5 ``classify`` could not read some images (each is
+named on stderr; the others were classified); 130 a second Ctrl+C ended it at once.
 """
 
 from __future__ import annotations
@@ -290,6 +291,11 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="JSON lines")) 
         typer.echo(f"{group}:")
         for c in choices:
             typer.echo(f"  {c.name:<22} {c.description}")
+
+
+from tui.classify_cmd import classify as _classify  # noqa: E402 - imports neither torch nor transformers
+
+app.command("classify")(_classify)
 
 
 def main() -> None:
