@@ -193,3 +193,27 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip(f"{SHARED_DIR} is absent (real data and weights live there on developer machines)")
     return SHARED_DIR
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def save_tiny_vit(folder: Path, labels: tuple[str, ...] = CIFAR10_CLASSES, seed: int = 0) -> Path:
+    """Write a random 32 px ViT (2 layers, width 32) and its ViTImageProcessor with ``save_pretrained``."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+    )
+    torch.manual_seed(seed)
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local Hugging Face model folder: tiny random ViT whose labels are the CIFAR-10 classes. Read-only."""
+    return save_tiny_vit(tmp_path_factory.mktemp("hf") / "tiny-vit")
