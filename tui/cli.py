@@ -269,7 +269,9 @@ def runs(
         acc = f"{100 * r.val_accuracy:.2f}%" if r.val_accuracy is not None else "-"
         best = f"{100 * r.best_val_accuracy:.2f}%" if r.best_val_accuracy is not None else "-"
         table.add_row(r.name, r.status, r.mode, r.backbone, r.dataset, f"{r.epochs_done}/{r.epochs}", acc, best, "yes" if r.has_bundle else "-")
-    Console(highlight=False).print(table)
+    # Off a terminal (a pipe, a log) rich would squeeze the table into 80 columns and elide
+    # the run names that `tlwork eval` needs; print it at its natural width instead.
+    Console(highlight=False, width=None if sys.stdout.isatty() else 1000).print(table)
 
 
 @app.command()
