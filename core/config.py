@@ -61,7 +61,7 @@ class RunConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
-    batch_size: int = 256
+    batch_size: int | Literal["auto"] = 256
     image_size: int = 224
     normalize: Normalize = "dataset"
     step_size: int = 5
@@ -76,6 +76,11 @@ class RunConfig:
     compile: bool = False
     runs_dir: str = "runs"
     name: str | None = None
+    # Fault handling (issue 6): none of these changes the result of a healthy run.
+    checkpoint_every: int = 0  # also checkpoint every N batches; 0: at epoch ends only
+    skip_nonfinite: bool = False  # skip batches whose loss is NaN/inf instead of stopping
+    max_nonfinite: int = 10  # with skip_nonfinite: how many such batches before giving up
+    strict: bool = False  # fail on an unreadable image instead of skipping it
 
     def resolved(self) -> RunConfig:
         """A copy with every mode default filled in, validated."""
@@ -107,8 +112,10 @@ class RunConfig:
             raise ConfigError(f"--epochs must be at least 1 (got {self.epochs})")
         if self.mode == "probe-then-finetune" and self.probe_epochs < 1:
             raise ConfigError(f"--probe-epochs must be at least 1 (got {self.probe_epochs})")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.batch_size != "auto" and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
+            raise ConfigError(f"--batch-size must be at least 1, or auto (got {self.batch_size!r})")
         if self.image_size < MIN_IMAGE_SIZE:
             raise ConfigError(f"--image-size must be at least {MIN_IMAGE_SIZE} (got {self.image_size})")
         if not 0.0 <= self.val_split < 1.0:
@@ -127,6 +134,10 @@ class RunConfig:
             raise ConfigError(f"--workers must not be negative (got {self.workers})")
         if self.name is not None:
             check_run_name(self.name)
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"--checkpoint-every must not be negative (got {self.checkpoint_every}); 0 saves at epoch ends only")
+        if self.max_nonfinite < 0:
+            raise ConfigError(f"--max-nonfinite must not be negative (got {self.max_nonfinite})")
 
     @property
     def total_epochs(self) -> int:

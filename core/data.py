@@ -11,12 +11,14 @@ message that says what to put where.
 
 from __future__ import annotations
 
+import os
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from core.config import ConfigError
@@ -69,10 +71,42 @@ class ImageFiles(Dataset):
 
 
 def open_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file fully and convert it to RGB (CMYK, RGBA, L and P included)."""
-    with Image.open(path) as img:
-        img.load()
-        return img.convert("RGB")
+    """Decode an image file fully and convert it to RGB (CMYK, RGBA, L and P included).
+
+    A possible decompression bomb (more than ``Image.MAX_IMAGE_PIXELS`` pixels) is an error,
+    never a warning, and is refused before its pixels are decoded; a truncated file is an
+    error too (Pillow's ``LOAD_TRUNCATED_IMAGES`` stays off).
+    """
+    # Pillow only warns between MAX_IMAGE_PIXELS and twice that; tlwork never decodes such a file.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img.load()
+            if img.mode == "P" and "transparency" in img.info:
+                return img.convert("RGBA").convert("RGB")
+            return img.convert("RGB")
+
+
+IMAGE_FAULTS = ("zero-byte", "truncated", "too-large", "unreadable")
+"""How an image file can fail to load, as ``classify_image_error`` names it."""
+
+
+def classify_image_error(path: str | Path, exc: BaseException) -> tuple[str, str]:
+    """(kind, one-line reason) for an error raised while loading ``path``; kind is in ``IMAGE_FAULTS``."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return "too-large", f"refused as a possible decompression bomb ({text})"
+    try:
+        empty = os.path.getsize(path) == 0
+    except OSError:
+        return "unreadable", f"cannot be opened ({text})"
+    if empty:
+        return "zero-byte", "empty file (0 bytes)"
+    if isinstance(exc, UnidentifiedImageError):
+        return "unreadable", "not an image Pillow can read"
+    if "truncated" in text.lower() or isinstance(exc, EOFError):
+        return "truncated", f"truncated ({text})"
+    return "unreadable", f"corrupt ({type(exc).__name__}: {text})"
 
 
 class Subset(Dataset):
@@ -201,12 +235,17 @@ def channel_stats(dataset: Any, limit: int = 500) -> tuple[tuple[float, float, f
     sq = np.zeros(3)
     count = 0
     for i in range(0, n, step):
-        img, _ = dataset[i]
+        try:
+            img, _ = dataset[i]
+        except Exception:  # an unreadable image: training skips (or, with --strict, refuses) it
+            continue
         arr = np.asarray(img.resize((64, 64)) if max(img.size) > 64 else img, dtype=np.float64) / 255.0
         flat = arr.reshape(-1, 3)
         sums += flat.sum(0)
         sq += (flat**2).sum(0)
         count += flat.shape[0]
+    if count == 0:
+        raise DataError("no training image could be read; run `tlwork check-data` on the dataset to list the broken files")
     mean = sums / count
     std = np.sqrt(np.maximum(sq / count - mean**2, 1e-12))
     return tuple(round(float(x), 4) for x in mean), tuple(round(float(x), 4) for x in std)  # type: ignore[return-value]

@@ -1,0 +1,257 @@
+"""Continue a stopped or killed run from its last checkpoint, exactly where it was.
+
+``resume(ref)`` finds the run (a run directory, or a name under the runs folder), refuses
+one that is finished, still running (its lock is held) or has no checkpoint yet, reads its
+saved config.json with every field's type and every path checked (a config file is input
+too), and hands the engine a ``ResumePoint``: the same run directory, the checkpoint's
+position, weights, optimiser, scheduler and RNG states. Only settings that cannot change a
+healthy run's result may differ from the saved ones (``RESUME_OVERRIDES``). ``RunLock`` is
+the lock a training process holds on its run directory (released by the kernel when the
+process dies, even by SIGKILL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+from core import events as ev
+from core.config import ConfigError, RunConfig, check_run_name
+
+RESUME_OVERRIDES = ("device", "workers", "checkpoint_every", "skip_nonfinite", "max_nonfinite", "strict")
+"""Settings ``--resume`` accepts anew; every other one comes from the run's config.json."""
+
+LAST = "checkpoint-last"
+BEST = "checkpoint-best"
+LOCK = ".lock"
+
+
+@dataclass
+class ResumePoint:
+    """What the engine needs to continue a run."""
+
+    run_dir: Path
+    checkpoint: Path
+    meta: dict[str, Any]
+    tensors: dict[str, Any]
+    position: Any  # core.checkpoint.Position
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``run_dir/.lock`` for as long as a process trains in it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False when another live process holds it (always True without fcntl)."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, resume trusts the user
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        """Drop the lock (idempotent)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def holder(self) -> str:
+        """The pid written by the process holding the lock, or '?'."""
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+
+def find_run(ref: str, runs_dir: str | Path = "runs") -> Path:
+    """The run directory for ``ref``: a path to one, or a run name under ``runs_dir``."""
+    path = Path(ref).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if os.sep not in ref and "/" not in ref:
+        check_run_name(ref)  # a bare name must be one safe path component
+        candidate = Path(runs_dir).expanduser() / ref
+        if candidate.is_dir() and (candidate / "config.json").is_file():
+            return candidate
+    raise ConfigError(f"--resume {ref}: no such run; pass a run directory or a run name under {runs_dir}/ (see `tlwork runs`)")
+
+
+def _kinds(annotation: str) -> tuple[tuple[type, ...], bool]:
+    """Python types a RunConfig field annotation admits, and whether None is allowed."""
+    kinds: set[type] = set()
+    parts = [p.strip() for p in annotation.split("|")]
+    for part in parts:
+        if part == "int":
+            kinds.add(int)
+        elif part == "float":
+            kinds |= {int, float}
+        elif part == "bool":
+            kinds.add(bool)
+        elif part != "None":  # str, a Literal alias or Literal[...]: values are strings
+            kinds.add(str)
+    return tuple(kinds), "None" in parts
+
+
+def check_config_types(data: Any, where: Path) -> None:
+    """Refuse a config.json whose values have the wrong types (hand-edited or hostile)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: not a run configuration (expected a JSON object)")
+    for f in fields(RunConfig):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        kinds, nullable = _kinds(str(f.type))
+        if value is None and nullable:
+            continue
+        wrong = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+        if wrong or (isinstance(value, float) and value != value):
+            raise ConfigError(f"{where}: {f.name} has a bad value {value!r}; the run's config.json is damaged")
+
+
+def _anchor(path: str, origin: str | None) -> Path:
+    """A path from a config file, made absolute against the directory the run started in."""
+    p = Path(path).expanduser()
+    if not p.is_absolute() and origin:
+        p = Path(origin) / p
+    return p
+
+
+def load_run_config(run_dir: Path, origin: str | None) -> RunConfig:
+    """The run's config.json, type-checked, validated, with its data paths made absolute and checked."""
+    where = run_dir / "config.json"
+    try:
+        data = json.loads(where.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{where}: unreadable ({exc}); the run cannot be resumed") from None
+    check_config_types(data, where)
+    config = RunConfig.from_dict(data).resolved()
+    changes: dict[str, Any] = {}
+    if config.dataset.startswith("imagefolder:"):
+        folder = _anchor(config.dataset[len("imagefolder:"):], origin)
+        if not folder.is_dir():
+            raise ConfigError(f"{where}: dataset folder {folder} does not exist; put the data back where the run found it")
+        changes["dataset"] = f"imagefolder:{folder}"
+    changes["data_dir"] = str(_anchor(config.data_dir, origin))
+    # Weights come from the checkpoint: a path in the config is never read on resume.
+    return dataclasses.replace(config, **changes)
+
+
+def prepare(ref: str, runs_dir: str | Path = "runs", overrides: dict[str, Any] | None = None) -> tuple[RunConfig, ResumePoint]:
+    """(config, resume point) for ``ref``, or a ConfigError saying why it cannot resume."""
+    from core.checkpoint import Position, read_checkpoint
+
+    run_dir = find_run(ref, runs_dir)
+    status = read_status(run_dir)
+    if status.get("status") == "finished" or (run_dir / "model.json").is_file():
+        raise ConfigError(f"run {run_dir} already finished (model {run_dir / 'model.json'}); nothing to resume")
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        raise ConfigError(f"run {run_dir} is still running (pid {lock.holder()}); stop it first (Ctrl+C or kill -TERM)")
+    lock.release()
+    checkpoint = run_dir / f"{LAST}.safetensors"
+    if not checkpoint.is_file():
+        raise ConfigError(f"run {run_dir} has no checkpoint yet (it ended before the first was written); start it again")
+    meta, tensors = read_checkpoint(checkpoint)
+    position = Position.from_dict(meta.get("position"))
+    config = load_run_config(run_dir, meta.get("cwd") if isinstance(meta.get("cwd"), str) else None)
+    unknown = set(overrides or {}) - set(RESUME_OVERRIDES)
+    if unknown:
+        names = ", ".join("--" + n.replace("_", "-") for n in sorted(unknown))
+        raise ConfigError(f"--resume takes the run's own settings; {names} cannot change (start a new run instead)")
+    config = dataclasses.replace(config, **(overrides or {}))
+    config.validate()
+    return config, ResumePoint(run_dir, checkpoint.with_suffix(".json"), meta, tensors, position)
+
+
+def resume(
+    ref: str,
+    *,
+    runs_dir: str | Path = "runs",
+    overrides: dict[str, Any] | None = None,
+    stop: threading.Event | None = None,
+    stop_after_epoch: threading.Event | None = None,
+) -> Iterator[ev.Event]:
+    """Continue run ``ref`` from its last checkpoint, yielding the engine's events."""
+    from core.train import train
+
+    config, point = prepare(ref, runs_dir, overrides)
+    yield from train(config, stop=stop, stop_after_epoch=stop_after_epoch, resume=point)
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """A run's status.json, or {} when it is missing or damaged."""
+    try:
+        data = json.loads((run_dir / "status.json").read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a (resumed) run's loop begins."""
+
+    stage: int  # index of the first stage to run; len(stages) when only the final model is missing
+    epochs_in_stage: int  # epochs of that stage already done
+    batch: int  # batches of the next epoch already done
+    same_stage: bool  # the checkpoint's optimiser and scheduler belong to that stage
+    epochs_done: int  # epochs done over the whole run before the loop's first epoch
+
+    def describe(self, steps_per_epoch: int) -> str:
+        """``epoch 3, batch 5/13`` or ``epoch 3 from its start``."""
+        where = f"batch {self.batch + 1}/{steps_per_epoch}" if self.batch else "its first batch"
+        return f"continuing at epoch {self.epochs_done + 1}, {where}"
+
+
+def start_point(stage_epochs: list[int], position: Any) -> Start:
+    """The loop's start for a checkpoint ``position`` (None: a fresh run)."""
+    if position is None:
+        return Start(0, 0, 0, False, 0)
+    stage = position.stage
+    if not 0 <= stage < len(stage_epochs):
+        raise ConfigError(f"checkpoint stage {stage} does not exist in this run; the checkpoint is damaged")
+    before = sum(stage_epochs[:stage])
+    in_stage = position.epoch - before - (0 if position.epoch_done else 1)
+    if not 0 <= in_stage <= stage_epochs[stage]:
+        raise ConfigError(f"checkpoint epoch {position.epoch} does not fit this run's stages; the checkpoint is damaged")
+    batch = 0 if position.epoch_done else position.batch
+    if in_stage >= stage_epochs[stage]:
+        return Start(stage + 1, 0, 0, False, before + in_stage)
+    return Start(stage, in_stage, batch, True, before + in_stage)
+
+
+def check_same_data(meta: dict[str, Any], class_names: list[str], train_size: int, batch_size: int) -> None:
+    """Refuse to resume on a dataset (or batch size) other than the one the checkpoint saw."""
+    then = (meta.get("class_names"), meta.get("train_size"), meta.get("batch_size"))
+    if then != (list(class_names), train_size, batch_size):
+        raise ConfigError(
+            f"the data changed since this run's checkpoint ({then[1]} training images in {len(then[0] or [])} "
+            f"classes then, {train_size} in {len(class_names)} now); resume needs the same data, or start a new run"
+        )
+
+
+def saved_preprocessing(meta: dict[str, Any]) -> Any:
+    """The checkpoint's preprocessing, so a resumed run normalises exactly as before."""
+    from core.transforms import Preprocessing
+
+    try:
+        return Preprocessing.from_dict(meta["preprocessing"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError("checkpoint preprocessing is missing or damaged; the run cannot be resumed") from None
