@@ -22,6 +22,7 @@ Augment = Literal["none", "crop-flip", "randaugment", "trivialaugment"]
 Scheduler = Literal["none", "step", "cosine", "onecycle"]
 Optimizer = Literal["sgd", "adamw"]
 Normalize = Literal["dataset", "backbone"]
+DataPath = Literal["auto", "device", "stream"]
 
 MIN_IMAGE_SIZE = 16
 
@@ -74,6 +75,9 @@ class RunConfig:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
+    # Fast paths (issue 5): where batches come from, and whether a probe caches features.
+    data: DataPath = "auto"
+    cache_features: bool = True
     runs_dir: str = "runs"
     name: str | None = None
     # Fault handling (issue 6): none of these changes the result of a healthy run.
@@ -101,6 +105,7 @@ class RunConfig:
             _check_choice("scheduler", self.scheduler, registry.SCHEDULERS)
         _check_choice("optimizer", self.optimizer, registry.OPTIMIZERS)
         _check_choice("normalize", self.normalize, registry.NORMALIZATIONS)
+        _check_choice("data", self.data, registry.DATA_PATHS)
         check_backbone(self.backbone)
         check_dataset(self.dataset)
         check_device(self.device)

@@ -84,6 +84,12 @@ NORMALIZATIONS: tuple[Choice, ...] = (
     Choice("backbone", "Backbone", "the mean/std the backbone was pretrained with"),
 )
 
+DATA_PATHS: tuple[Choice, ...] = (
+    Choice("auto", "Auto", "device-resident when the dataset fits the memory budget, else streamed"),
+    Choice("device", "Device", "decode once into a uint8 tensor on the device; crop, flip and resize there in batches"),
+    Choice("stream", "Stream", "multi-worker DataLoader, per-image transforms, pinned memory (the notebook's path)"),
+)
+
 DEVICES: tuple[Choice, ...] = (
     Choice("auto", "Auto", "cuda, then mps, then cpu"),
     Choice("cuda", "CUDA", "the first NVIDIA GPU (cuda:N for another)"),

@@ -14,11 +14,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
 from core import events as ev
 from core.bundle import save_bundle
@@ -26,12 +26,13 @@ from core.checkpoint import Position, save_checkpoint
 from core.config import RunConfig
 from core.data import Splits, load_splits
 from core.device import autocast, configure, device_name, pick_device, seed_everything
-from core.evaluate import Tally, default_workers, make_loader, to_device
+from core.evaluate import Tally, default_workers, to_device
 from core.freeze import freeze, train_mode, trainable_parameters
 from core.models import ModelInfo, build_model, count_params
+from core.pipeline import DataCache, make_pipeline
 from core.runs import MetricsWriter, create_run_dir, write_json
 from core.schedule import current_lr, make_optimizer, make_scheduler
-from core.transforms import Preprocessing, Transformed, train_transform
+from core.transforms import Preprocessing
 
 EMIT_INTERVAL = 0.1
 
@@ -135,7 +136,7 @@ def train(
     sampler = EpochSampler(len(splits.train), config.seed)
     steps_per_epoch = -(-len(splits.train) // config.batch_size)
     total_steps = steps_per_epoch * sum(s.epochs for s in stages)
-    val_loader = make_loader(splits.val, pre, config.batch_size, device, workers)
+    cache = DataCache(splits, pre, device, config.data)
 
     run_dir = create_run_dir(config)
     (run_dir / "config.json").write_text(config.to_json() + "\n")
@@ -170,14 +171,12 @@ def train(
             scheduler = make_scheduler(
                 optimizer, stage.scheduler, steps_per_epoch, stage.epochs, config.step_size, config.step_gamma, config.warmup_epochs
             )
-            loader = DataLoader(
-                Transformed(splits.train, train_transform(pre, stage.augment, splits.native_size)),
-                batch_size=config.batch_size,
-                sampler=sampler,
-                num_workers=workers,
-                pin_memory=device.type == "cuda",
-                persistent_workers=False,
+            loader = make_pipeline(
+                cache=cache, model=model, forward=forward, info=info, stage_mode=stage.mode, augment=stage.augment,
+                batch_size=config.batch_size, seed=config.seed, workers=workers, channels_last=config.channels_last,
+                amp=config.amp, cache_features=config.cache_features, sampler=sampler,
             )
+            yield emit(ev.MessageLogged("info", f"stage {stage.name}: {loader.kind} data path"))
             criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
             yield emit(ev.StageStarted(stage.name, epoch + 1, stage.epochs, stage.lr, sum(p.numel() for p in params)))
             for _ in range(stage.epochs):
@@ -195,7 +194,7 @@ def train(
                 window_images = 0
                 wait = 0.0
                 fetch_start = time.perf_counter()
-                for batch_index, (images, labels) in enumerate(loader, 1):
+                for batch_index, (images, labels) in enumerate(loader.epoch_batches(epoch, sampler.order(), 0), 1):
                     wait += time.perf_counter() - fetch_start
                     if stop is not None and stop.is_set():
                         path = save_checkpoint(
@@ -209,7 +208,7 @@ def train(
                     images = to_device(images, device, config.channels_last)
                     labels = labels.to(device, non_blocking=True)
                     with autocast(device, config.amp):
-                        logits = forward(images)
+                        logits = loader.forward(images)
                         loss = criterion(logits.float(), labels)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -238,7 +237,7 @@ def train(
                         window_start = last_emit = time.perf_counter()
                     fetch_start = time.perf_counter()
                 train_seconds = time.perf_counter() - epoch_start
-                val = validate(forward, val_loader, len(splits.class_names), device, config)
+                val = validate(loader.forward, loader.val_batches(), len(splits.class_names), device, config)
                 state.best = max(state.best, val["top1"])
                 yield emit(
                     ev.EpochEnded(
@@ -278,7 +277,7 @@ def train(
         write_json(run_dir / "status.json", status)
 
 
-def validate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, config: RunConfig) -> dict[str, Any]:
+def validate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int, device: torch.device, config: RunConfig) -> dict[str, Any]:
     """Loss and top-1 on the validation loader, in eval mode (the caller restores train mode)."""
     model.eval()
     tally = Tally(num_classes, device)

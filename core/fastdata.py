@@ -1,0 +1,173 @@
+"""Fast data paths: images decoded once into a uint8 tensor, augmented and resized in batches.
+
+The notebook decodes and resizes every image with PIL in a single-process DataLoader, which
+starves a GPU by an order of magnitude. ``DeviceImages`` instead holds a whole dataset as one
+uint8 tensor (N, 3, H, W) on the training device (CIFAR-10 is 150 MB) and turns index
+batches into normalised float batches there: per-sample random crop with zero padding,
+horizontal flip, resize (the same ``torch.nn.functional.interpolate`` call that
+torchvision's ``Resize`` makes on tensors) and normalisation, with a generator seeded per
+epoch so the order and the augmentation of a resumed run repeat exactly. Datasets beyond the
+memory budget, or augmentations that need per-image PIL-style ops (RandAugment,
+TrivialAugment), stream through a multi-worker DataLoader with pinned memory instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.transforms import Preprocessing
+
+DEVICE_AUGMENTS = ("none", "crop-flip")
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes of uint8 image cache allowed on ``device`` (env TLWORK_CACHE_MB overrides)."""
+    if "TLWORK_CACHE_MB" in os.environ:
+        return int(float(os.environ["TLWORK_CACHE_MB"]) * 2**20)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.25)
+    return 4 * 2**30
+
+
+def decoded_size(dataset: Any, image_size: int, native_size: int | None) -> int:
+    """Bytes the uint8 cache of ``dataset`` would take."""
+    side = native_size or image_size
+    return len(dataset) * 3 * side * side
+
+
+def _raw_arrays(dataset: Any) -> tuple[np.ndarray, list[int]] | None:
+    """torchvision CIFAR keeps its images as one (N, 32, 32, 3) array: no decoding needed."""
+    data = getattr(dataset, "data", None)
+    if isinstance(data, np.ndarray) and data.ndim == 4 and data.shape[-1] == 3:
+        return data, list(dataset.targets)
+    base = getattr(dataset, "base", None)
+    if base is not None and hasattr(dataset, "indices"):
+        inner = _raw_arrays(base)
+        if inner is not None:
+            return inner[0][dataset.indices], [inner[1][i] for i in dataset.indices]
+    return None
+
+
+def decode_all(dataset: Any, image_size: int, native_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images N×3×H×W, int64 labels) for a dataset of (PIL image, label) items.
+
+    Images of the dataset's native size are kept as they are; others are resized to
+    ``image_size`` once (with the same tensor resize the per-image path uses).
+    """
+    raw = _raw_arrays(dataset)
+    if raw is not None:
+        array, labels = raw
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
+    from torchvision.transforms import v2
+
+    to_image = v2.ToImage()
+    side = native_size
+    images: list[torch.Tensor] = []
+    labels: list[int] = []
+    for i in range(len(dataset)):
+        img, label = dataset[i]
+        t = to_image(img)
+        if side is None or t.shape[-2:] != (side, side):
+            t = v2.functional.resize(t, [image_size, image_size], antialias=True)
+        images.append(t)
+        labels.append(int(label))
+    if native_size is not None and any(t.shape[-1] != native_size for t in images):
+        images = [t if t.shape[-1] == image_size else v2.functional.resize(t, [image_size, image_size], antialias=True) for t in images]
+    return torch.stack(images), torch.tensor(labels)
+
+
+class DeviceImages:
+    """A dataset held as uint8 on the device, served as augmented, normalised batches."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, pre: Preprocessing, device: torch.device) -> None:
+        self.device = device
+        pin = device.type == "cuda"
+        self.images = (images.pin_memory() if pin else images).to(device, non_blocking=True)
+        self.labels = labels.to(device)
+        self.pre = pre
+        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255.0
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the cache."""
+        return self.images.numel()
+
+    def batch(self, index: torch.Tensor, augment: str = "none", gen: torch.Generator | None = None, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float batch (B, 3, size, size) and labels for ``index`` (a tensor on the device)."""
+        x = self.images.index_select(0, index)
+        if augment == "crop-flip":
+            x = random_crop_flip(x, max(1, x.shape[-1] // 8), gen)
+        x = x.float()
+        if x.shape[-1] != self.pre.size or x.shape[-2] != self.pre.size:
+            mode = "bicubic" if self.pre.interpolation == "bicubic" else "bilinear"
+            x = F.interpolate(x, size=(self.pre.size, self.pre.size), mode=mode, antialias=True, align_corners=False)
+            if mode == "bicubic":
+                x = x.clamp_(0, 255)
+        x = (x - self.mean) / self.std
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels.index_select(0, index)
+
+    def batches(
+        self,
+        order: Sequence[int] | torch.Tensor,
+        batch_size: int,
+        augment: str = "none",
+        gen: torch.Generator | None = None,
+        channels_last: bool = False,
+        skip_batches: int = 0,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches in ``order`` (sample indices); the first ``skip_batches`` are drawn, not built.
+
+        Skipped batches still consume their augmentation draws, so a run resumed mid-epoch
+        augments the remaining batches exactly as the uninterrupted run did.
+        """
+        order_t = torch.as_tensor(order, dtype=torch.long).to(self.device)
+        for n, start in enumerate(range(0, order_t.numel(), batch_size)):
+            index = order_t[start:start + batch_size]
+            if n < skip_batches:
+                if augment == "crop-flip":
+                    random_crop_flip_params(index.numel(), max(1, self.images.shape[-1] // 8), self.device, gen)
+                continue
+            yield self.batch(index, augment, gen, channels_last)
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, gen: torch.Generator | None) -> torch.Tensor:
+    """Per-sample RandomCrop(size, padding, zero fill) + RandomHorizontalFlip(0.5) on a uint8 batch."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    dev = x.device
+    oy, ox, flip = random_crop_flip_params(b, padding, dev, gen)
+    rows = oy[:, None] + torch.arange(h, device=dev)[None, :]
+    cols = ox[:, None] + torch.arange(w, device=dev)[None, :]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    bidx = torch.arange(b, device=dev)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def random_crop_flip_params(
+    b: int, padding: int, device: torch.device, gen: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row offsets, column offsets and flip flags for ``b`` samples."""
+    oy = torch.randint(0, 2 * padding + 1, (b,), device=device, generator=gen)
+    ox = torch.randint(0, 2 * padding + 1, (b,), device=device, generator=gen)
+    flip = torch.rand(b, device=device, generator=gen) < 0.5
+    return oy, ox, flip
+
+
+def epoch_generator(device: torch.device, seed: int, epoch: int) -> torch.Generator:
+    """The augmentation generator of an epoch: depends only on (seed, epoch)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed * 7_919 + epoch)
+    return gen

@@ -1,0 +1,152 @@
+"""Which data path a training stage uses, and the module it trains through.
+
+``make_pipeline`` picks, per stage:
+
+- ``features``: a linear probe with no augmentation trains its head block on backbone
+  features computed once (``core.features``);
+- ``device``: images decoded once into a uint8 tensor on the device and augmented there in
+  batches (``core.fastdata``), when the dataset fits the memory budget and the augmentation
+  is ``none`` or ``crop-flip``;
+- ``stream``: a multi-worker DataLoader with pinned memory and per-image torchvision
+  transforms, for everything else (and on request, ``--data stream``).
+
+A linear probe with augmentation still runs the frozen backbone under ``no_grad`` and
+back-propagates through the head block only. Every path follows ``EpochSampler``'s order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from core import fastdata
+from core.evaluate import make_loader
+from core.features import FeatureBatches, extract, head_block, trunk_features
+from core.models import ModelInfo
+from core.transforms import Preprocessing, Transformed, train_transform
+
+
+class FrozenTrunk(nn.Module):
+    """Full-model forward whose backbone part runs without autograd (for augmented probing)."""
+
+    def __init__(self, model: nn.Module, block: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = trunk_features(self.model, self.block, x)
+        return self.block(features)
+
+
+@dataclass
+class DataCache:
+    """Decoded datasets and cached features shared by the stages of one run."""
+
+    splits: Any
+    pre: Preprocessing
+    device: torch.device
+    mode: str  # auto | device | stream
+    images: dict[str, fastdata.DeviceImages | None] = field(default_factory=dict)
+    features: dict[str, FeatureBatches] = field(default_factory=dict)
+
+    def device_images(self, split: str) -> fastdata.DeviceImages | None:
+        """The split as a device tensor, or None when it streams instead."""
+        if self.mode == "stream":
+            return None
+        if split not in self.images:
+            data = getattr(self.splits, split)
+            need = fastdata.decoded_size(data, self.pre.size, self.splits.native_size)
+            if self.mode == "auto" and need > fastdata.memory_budget(self.device):
+                self.images[split] = None
+            else:
+                images, labels = fastdata.decode_all(data, self.pre.size, self.splits.native_size)
+                self.images[split] = fastdata.DeviceImages(images, labels, self.pre, self.device)
+        return self.images[split]
+
+
+@dataclass
+class Pipeline:
+    """A stage's batch source per epoch, validation batches and the module to call."""
+
+    kind: str
+    forward: nn.Module
+    batches_per_epoch: int
+    epoch_batches: Callable[[int, list[int], int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+    val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+
+def _natural(n: int) -> list[int]:
+    return list(range(n))
+
+
+def make_pipeline(
+    *,
+    cache: DataCache,
+    model: nn.Module,
+    forward: nn.Module,
+    info: ModelInfo,
+    stage_mode: str,
+    augment: str,
+    batch_size: int,
+    seed: int,
+    workers: int,
+    channels_last: bool,
+    amp: bool,
+    cache_features: bool,
+    sampler: Any,
+) -> Pipeline:
+    """The pipeline for one stage (see the module docstring)."""
+    device = cache.device
+    splits = cache.splits
+    steps = -(-len(splits.train) // batch_size)
+    cl = channels_last and device.type == "cuda"
+    probe = stage_mode == "linear-probe"
+    block_name = head_block(model, info) if probe else ""
+    block = model.get_submodule(block_name) if probe else None
+
+    def image_batches(split: str, order: list[int], aug: str, epoch: int | None, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        images = cache.device_images(split) if aug in fastdata.DEVICE_AUGMENTS else None
+        if images is not None:
+            gen = fastdata.epoch_generator(device, seed, epoch) if epoch is not None else None
+            yield from images.batches(order, batch_size, aug, gen, cl, skip_batches=skip)
+            return
+        if split == "train" and epoch is not None:
+            loader = DataLoader(
+                Transformed(splits.train, train_transform(cache.pre, aug, splits.native_size)),
+                batch_size=batch_size, sampler=sampler, num_workers=workers,
+                pin_memory=device.type == "cuda", persistent_workers=False,
+            )
+        else:
+            data = getattr(splits, split)
+            loader = make_loader(torch.utils.data.Subset(data, order) if order != _natural(len(data)) else data, cache.pre, batch_size, device, workers)
+        for images_, labels in loader:
+            yield images_.to(device, non_blocking=True, memory_format=torch.channels_last if cl else torch.contiguous_format), labels.to(device, non_blocking=True)
+
+    if probe and augment == "none" and cache_features and block is not None:
+        for split in ("train", "val"):
+            if split not in cache.features:
+                n = len(getattr(splits, split))
+                feats, labels = extract(model, block, image_batches(split, _natural(n), "none", None, 0), device, amp)
+                cache.features[split] = FeatureBatches(feats, labels)
+        train_feats, val_feats = cache.features["train"], cache.features["val"]
+        return Pipeline(
+            "features", block, steps,
+            lambda epoch, order, skip: train_feats.batches(order, batch_size, skip),
+            lambda: val_feats.batches(_natural(len(val_feats)), batch_size),
+        )
+    module = FrozenTrunk(model, block) if probe and block is not None else forward
+    kind = "device" if augment in fastdata.DEVICE_AUGMENTS and cache.device_images("train") is not None else "stream"
+    return Pipeline(
+        kind, module, steps,
+        lambda epoch, order, skip: image_batches("train", order, augment, epoch, skip),
+        lambda: image_batches("val", _natural(len(splits.val)), "none", None, 0),
+    )
