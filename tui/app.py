@@ -1,0 +1,256 @@
+"""The Textual workbench: ``make_app()`` builds it; ``tlwork`` with no command runs it.
+
+The app is small on purpose: five screens (set-up, training, evaluate, classify, runs), one
+per mode so each keeps its state, switched with F1-F5 or the command palette; the engine
+functions it calls, injected by ``make_app`` so tests drive it with a scripted fake; quitting
+or a lost connection (SIGHUP) during a run, which stops at the next batch boundary and keeps
+a checkpoint before exiting; and the one handler that turns a failed worker into a message.
+Each screen owns its workers and handlers (``tui/screens``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import traceback
+from typing import Any, Callable, Iterable, Iterator
+
+from textual import on
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Input
+from textual.worker import Worker, WorkerState
+
+from core.config import ConfigError, RunConfig
+from tui.screens.classify import ClassifyScreen
+from tui.screens.dialogs import ConfirmScreen, ErrorScreen
+from tui.screens.evaluate import EvaluateScreen
+from tui.screens.runs import RunsScreen
+from tui.screens.setup import SetupScreen
+from tui.screens.training import TrainingScreen
+
+Engine = Callable[..., Iterator[Any]]
+Memory = Callable[[str], dict[str, float]]
+
+
+def _train(config: RunConfig, **kwargs: Any) -> Iterator[Any]:
+    from core.train import train  # torch loads in the worker thread, not at start-up
+
+    return train(config, **kwargs)
+
+
+def _evaluate(ref: str, dataset: str | None = None, **kwargs: Any) -> Iterator[Any]:
+    from core.evaluate import evaluate
+
+    return evaluate(ref, dataset, **kwargs)
+
+
+def _classify(model_ref: str, inputs: list[str], **kwargs: Any) -> Iterator[Any]:
+    try:
+        from core.classify import classify
+    except ImportError:
+        raise ConfigError("this tlwork has no classification engine yet (core/classify.py); update it") from None
+    return classify(model_ref, inputs, **kwargs)
+
+
+def device_memory(device: str) -> dict[str, float]:
+    """CUDA allocator and NVML figures on a GPU, process RSS and CPU use otherwise."""
+    from core.device import memory_stats, process_stats
+
+    if device.startswith("cuda"):
+        import torch
+
+        return memory_stats(torch.device(device))
+    return process_stats()
+
+
+def is_user_error(error: BaseException | None) -> bool:
+    """Errors with a one-line message a user can act on (bad settings, missing data or weights)."""
+    return isinstance(error, ConfigError) or any(c.__name__ == "WeightsUnavailable" for c in type(error).__mro__)
+
+
+class Workbench(App[None]):
+    """tlwork's terminal workbench."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "tlwork"
+    SCREENS = {
+        "setup": SetupScreen,
+        "training": TrainingScreen,
+        "evaluate": EvaluateScreen,
+        "classify": ClassifyScreen,
+        "runs": RunsScreen,
+    }
+    MODES = {name: name for name in SCREENS}
+    BINDINGS = [
+        Binding("f1", "switch_mode('setup')", "Set-up", show=False),
+        Binding("f2", "switch_mode('training')", "Training", show=False),
+        Binding("f3", "switch_mode('evaluate')", "Evaluate", show=False),
+        Binding("f4", "switch_mode('classify')", "Classify", show=False),
+        Binding("f5", "switch_mode('runs')", "Runs", show=False),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(
+        self,
+        *,
+        engine: Engine = _train,
+        evaluator: Engine = _evaluate,
+        classifier: Engine = _classify,
+        runs_dir: str = "runs",
+        data_dir: str = "data",
+        browse_dir: str = ".",
+        memory: Memory = device_memory,
+        cursor_blink: bool = True,
+    ) -> None:
+        super().__init__()
+        self.engine = engine
+        self.evaluator = evaluator
+        self.classifier = classifier
+        self.runs_dir = runs_dir
+        self.data_dir = data_dir
+        self.browse_dir = browse_dir
+        self.memory = memory
+        self.cursor_blink = cursor_blink
+        self.hangup_installed = False
+
+    def on_mount(self) -> None:
+        if not self.cursor_blink:
+            self.screen_change_signal.subscribe(self, self._freeze_cursor)
+        self.switch_mode("setup")
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up)
+            self.hangup_installed = True
+        except (AttributeError, NotImplementedError, RuntimeError, ValueError):
+            pass  # no SIGHUP (Windows) or not the main thread
+
+    def on_unmount(self) -> None:
+        if self.hangup_installed:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+    def _freeze_cursor(self, screen: Screen[Any]) -> None:
+        """Snapshots need a steady cursor: stop every text box on ``screen`` from blinking."""
+
+        def freeze() -> None:
+            for box in screen.query(Input):
+                box.cursor_blink = False
+
+        self.call_after_refresh(freeze)
+
+    @property
+    def training(self) -> TrainingScreen:
+        return self.get_screen("training")  # type: ignore[return-value]
+
+    # -- moving between screens -------------------------------------------------------------
+
+    async def start_run(self, config: RunConfig) -> None:
+        """Show the training screen and run ``config`` (one run at a time)."""
+        if self.training.running:
+            self.notify("a run is already going; stop it (F2, s) before starting another", severity="warning")
+            return
+        await self.switch_mode("training")
+        self.training.start(config)
+
+    async def open_evaluate(self, ref: str) -> None:
+        """Evaluate the run or bundle at ``ref`` on its validation split."""
+        await self.switch_mode("evaluate")
+        screen = self.get_screen("evaluate")
+        assert isinstance(screen, EvaluateScreen)
+        screen.reload_runs()
+        screen.evaluate(ref)
+
+    async def open_classify(self, ref: str) -> None:
+        """Classify with the run or bundle at ``ref``."""
+        await self.switch_mode("classify")
+        screen = self.get_screen("classify")
+        assert isinstance(screen, ClassifyScreen)
+        screen.reload_runs()
+        screen.choose_model(ref)
+
+    async def new_run_from(self, config: RunConfig) -> None:
+        """The set-up screen, filled with ``config``."""
+        await self.switch_mode("setup")
+        screen = self.get_screen("setup")
+        assert isinstance(screen, SetupScreen)
+        screen.load_config(config)
+
+    # -- quitting ------------------------------------------------------------------------------
+
+    async def action_quit(self) -> None:
+        training = self.training
+        if not training.running:
+            self.exit()
+            return
+        if training.quit_when_done:
+            self.notify("still stopping: waiting for the current batch to finish and the checkpoint to be saved")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                training.request_stop(quit_after=True)
+
+        await self.push_screen(
+            ConfirmScreen("Quit while a run is training?", "The run stops after the current batch, keeps a checkpoint, then tlwork exits.", yes="Stop and quit"),
+            answered,
+        )
+
+    def hang_up(self) -> None:
+        """The terminal went away: stop any run at the next batch boundary, then exit."""
+        if self.training.running:
+            self.training.request_stop(quit_after=True)
+        else:
+            self.exit()
+
+    # -- errors and the palette -------------------------------------------------------------
+
+    @on(Worker.StateChanged)
+    def _worker_failed(self, event: Worker.StateChanged) -> None:
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        if is_user_error(error):
+            self.notify(str(error), title="cannot run", severity="error", timeout=12)
+        elif error is not None:
+            text = "".join(traceback.format_exception(error))
+            self.push_screen(ErrorScreen(f"{event.worker.name} failed: {type(error).__name__}: {error}", text))
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        for mode, label in (("setup", "Set-up"), ("training", "Training"), ("evaluate", "Evaluate"), ("classify", "Classify"), ("runs", "Runs")):
+            yield SystemCommand(f"Go to {label}", f"Show the {label.lower()} screen", lambda m=mode: self.switch_mode(m))
+        setup = self.get_screen("setup")
+        yield SystemCommand("Demo preset", "Set-up: shipped demo images, random weights, 32 px, 1 epoch", self._demo_preset)
+        if isinstance(setup, SetupScreen) and setup.is_mounted and setup.config is not None:
+            yield SystemCommand("Start run", setup.config.command_line(), lambda: self.start_run(setup.config))  # type: ignore[arg-type]
+        training = self.training
+        if training.state == "running":
+            yield SystemCommand("Stop run now", "Stop after this batch and keep a checkpoint", training.action_stop)
+            yield SystemCommand("Stop after this epoch", "Finish the current epoch, then stop", training.action_stop_after_epoch)
+        if training.state == "finished":
+            yield SystemCommand("Evaluate this run", training.run_dir, lambda: self.open_evaluate(training.run_dir))
+            yield SystemCommand("Classify with this run", training.run_dir, lambda: self.open_classify(training.run_dir))
+        yield from super().get_system_commands(screen)
+
+    async def _demo_preset(self) -> None:
+        await self.switch_mode("setup")
+        screen = self.get_screen("setup")
+        assert isinstance(screen, SetupScreen)
+        screen.action_demo()
+
+
+def make_app(
+    *,
+    engine: Engine = _train,
+    evaluator: Engine = _evaluate,
+    classifier: Engine = _classify,
+    runs_dir: str = "runs",
+    data_dir: str = "data",
+    browse_dir: str = ".",
+    memory: Memory = device_memory,
+    cursor_blink: bool = True,
+) -> Workbench:
+    """The app, with its engine functions and folders injectable (tests pass a scripted engine)."""
+    return Workbench(
+        engine=engine, evaluator=evaluator, classifier=classifier, runs_dir=runs_dir, data_dir=data_dir,
+        browse_dir=browse_dir, memory=memory, cursor_blink=cursor_blink,
+    )

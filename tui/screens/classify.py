@@ -1,0 +1,204 @@
+"""The classify screen: pick image files, see each one and the model's top-k guesses.
+
+A path box (with shell-like completion: the right arrow accepts) and a directory tree of
+folders and images choose what to classify; a folder means every image in it. The picked
+model is a finished run's bundle, any bundle path, or ``hf:ID`` (issue #4). The engine's
+``classify`` generator runs in a thread worker; each image's preview uses textual-image,
+which draws real pixels on terminals that can (Sixel, Kitty) and half-blocks elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# textual-image asks the terminal what it can draw when imported; that must happen before
+# the app takes over the terminal, so it is imported with this module, not lazily. Without a
+# terminal (tests, screenshots) it would pick plain characters; half-blocks are what a plain
+# terminal shows, so those are pictured instead.
+from textual_image.renderable import is_tty
+from textual_image.widget import HalfcellImage, Image
+
+ImagePreview = Image if is_tty else HalfcellImage
+
+from PIL import Image as PILImage
+from rich.markup import escape
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DirectoryTree, Footer, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from core import events as ev
+from tui.screens.evaluate import finished_runs
+from tui.screens.pump import EventPump, EventsReady
+from tui.widgets.fields import ModelPicker
+from tui.widgets.nav import NavBar
+from tui.widgets.paths import ImageTree, PathSuggester, expand_images, is_image
+from tui.widgets.prob_bars import ProbabilityBars
+
+TOP_K = 5
+
+
+class ClassifyScreen(Screen[None]):
+    """Classify image files with a trained model."""
+
+    BINDINGS = [
+        Binding("ctrl+r", "classify", "Classify"),
+        Binding("ctrl+l", "focus_path", "Path box"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="classify")
+        self.worker: Worker[None] | None = None
+        self.pump = EventPump(self)
+        self.results: dict[str, tuple[tuple[str, float], ...] | str] = {}
+        self.shown = ""
+
+    def compose(self) -> ComposeResult:
+        yield NavBar("classify")
+        yield ModelPicker(id="classify-model")
+        with Horizontal(id="image-path-row"):
+            yield Label("image", classes="field-label")
+            yield Input(placeholder="image file or folder (→ completes, Enter classifies)", suggester=PathSuggester(),
+                        compact=True, id="image-path")
+        with Horizontal(id="classify-body"):
+            with Vertical(id="classify-browse"):
+                yield ImageTree(self.app.browse_dir, id="image-tree")
+                yield OptionList(id="classify-results")
+            with Vertical(id="classify-view"):
+                yield Static("", id="image-name")
+                with Container(id="preview"):
+                    yield ImagePreview(id="preview-image")
+                yield ProbabilityBars(id="top-k", placeholder="pick an image and press Enter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#image-tree").border_title = "files"
+        self.query_one("#classify-results").border_title = "results"
+        self.query_one("#classify-view").border_title = "prediction"
+        self.reload_runs()
+
+    def on_screen_resume(self) -> None:
+        self.reload_runs()
+
+    def reload_runs(self) -> None:
+        """Refresh the model menu from the runs folder."""
+        self.query_one("#classify-model", ModelPicker).set_runs(finished_runs(self.app.runs_dir))
+
+    def choose_model(self, ref: str) -> None:
+        """Pick ``ref`` and put the cursor in the path box."""
+        self.query_one("#classify-model", ModelPicker).choose(ref)
+        self.query_one("#image-path", Input).focus()
+
+    # -- picking files --------------------------------------------------------------------------
+
+    @on(DirectoryTree.FileSelected)
+    def _file_selected(self, event: DirectoryTree.FileSelected) -> None:
+        self.query_one("#image-path", Input).value = str(event.path)
+        self.classify([str(event.path)])
+
+    @on(DirectoryTree.NodeHighlighted)
+    def _node_highlighted(self, event: DirectoryTree.NodeHighlighted) -> None:
+        entry = event.node.data
+        if entry is not None and entry.path.is_file() and is_image(entry.path):
+            self.show(str(entry.path))
+
+    @on(Input.Submitted, "#image-path")
+    def _path_submitted(self, event: Input.Submitted) -> None:
+        self.action_classify()
+
+    def action_focus_path(self) -> None:
+        self.query_one("#image-path", Input).focus()
+
+    def action_classify(self) -> None:
+        text = self.query_one("#image-path", Input).value.strip()
+        if not text:
+            self.notify("type an image path or pick one in the tree", severity="warning")
+            return
+        paths = expand_images(text)
+        if not paths:
+            self.notify(f"{text}: no images in this folder", severity="warning")
+            return
+        self.classify(paths)
+
+    # -- classifying ---------------------------------------------------------------------------
+
+    def classify(self, paths: list[str]) -> None:
+        """Run the classifier over ``paths`` with the picked model."""
+        model = self.query_one("#classify-model", ModelPicker).value
+        if not model:
+            self.notify("pick a model first: finish a run (F1) or type a bundle path / hf:ID", severity="warning")
+            return
+        self.results = {}
+        options = self.query_one("#classify-results", OptionList)
+        options.clear_options()
+        self.set_class(len(paths) > 1, "-many")
+        self.pump = EventPump(self)
+        self.show(paths[0])
+        self.query_one("#top-k", ProbabilityBars).set_message("classifying ...")
+        self.worker = self.classify_images(model, paths)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="classify", name="classify_images")
+    def classify_images(self, model: str, paths: list[str]) -> None:
+        """Iterate the classifier; a new request cancels this one."""
+        worker = get_current_worker()
+        events = self.app.classifier(model, paths, top_k=TOP_K, device="auto", runs_dir=self.app.runs_dir, stop=worker.cancelled_event)
+        for event in events:
+            self.pump.put(event)
+
+    @on(EventsReady)
+    def _events_ready(self, message: EventsReady) -> None:
+        if message.pump is self.pump:
+            self.apply(self.pump.drain())
+
+    def apply(self, events: list[Any]) -> None:
+        """Record results; show the first (or the highlighted) one."""
+        options = self.query_one("#classify-results", OptionList)
+        for event in events:
+            if isinstance(event, ev.ImageClassified):
+                self.results[event.path] = event.predictions
+                top = event.predictions[0] if event.predictions else ("?", 0.0)
+                options.add_option(Option(f"{Path(event.path).name}  {top[0]} {100 * top[1]:.0f}%", id=event.path))
+            elif isinstance(event, ev.ImageFailed):
+                self.results[event.path] = event.error
+                options.add_option(Option(f"{Path(event.path).name}  failed", id=event.path))
+            elif isinstance(event, ev.ClassificationEnded) and event.failed:
+                self.notify(f"{event.failed} of {event.classified + event.failed} files could not be classified", severity="warning")
+        if self.shown in self.results:
+            self.show(self.shown)
+
+    def show(self, path: str) -> None:
+        """Preview ``path`` and its predictions, if any yet."""
+        self.shown = path
+        self.query_one("#image-name", Static).update(escape(Path(path).name))
+        preview = self.query_one("#preview-image", ImagePreview)
+        try:
+            with PILImage.open(path) as img:
+                preview.image = img.convert("RGB")
+        except (OSError, ValueError):
+            preview.image = None
+        bars = self.query_one("#top-k", ProbabilityBars)
+        result = self.results.get(path)
+        if isinstance(result, str):
+            bars.set_message(f"could not classify: {result}")
+        elif result is not None:
+            bars.set_predictions(result)
+        elif not (self.worker and self.worker.state == WorkerState.RUNNING):
+            bars.set_message("press Enter to classify")
+
+    @on(OptionList.OptionHighlighted, "#classify-results")
+    def _result_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        if event.option.id:
+            self.show(event.option.id)
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is not self.worker or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        self.apply(self.pump.drain())
+        if event.state == WorkerState.ERROR:
+            self.query_one("#top-k", ProbabilityBars).set_message(f"failed: {event.worker.error}")

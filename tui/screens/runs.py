@@ -1,0 +1,191 @@
+"""The runs screen: past runs with status and key figures, and what to do with one.
+
+Enter on a run opens its actions: evaluate it, classify with it, start a new run from its
+settings (config.json loads into the set-up screen), or compare it with a marked run,
+which draws both runs' per-epoch training and validation loss on shared scales. The list
+is read with ``core.runs.list_runs``, which tolerates damaged and running runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.content import Content
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Label
+
+from core.config import RunConfig
+from core.runs import RunSummary, list_runs, read_metrics
+from tui.screens.dialogs import ActionsScreen
+from tui.widgets.line_chart import LineChart, Series
+from tui.widgets.nav import NavBar
+
+
+def epoch_curves(run_dir: str) -> tuple[list[float], list[float]]:
+    """Per-epoch (train loss, validation loss) from a run's metrics.jsonl."""
+    epochs = [m for m in read_metrics(run_dir) if m.get("event") == "epoch_ended"]
+    train = [float(m["train_loss"]) for m in epochs if isinstance(m.get("train_loss"), (int, float))]
+    val = [float(m["val_loss"]) for m in epochs if isinstance(m.get("val_loss"), (int, float))]
+    return train, val
+
+
+def _pct(value: float | None) -> str:
+    return f"{100 * value:.1f}%" if value is not None else "-"
+
+
+class RunsScreen(Screen[None]):
+    """Browse, reuse and compare past runs."""
+
+    BINDINGS = [
+        Binding("enter", "open", "Open", show=False),
+        Binding("e", "evaluate", "Evaluate"),
+        Binding("c", "classify", "Classify"),
+        Binding("n", "new_from", "New from settings"),
+        Binding("m", "mark", "Mark"),
+        Binding("x", "compare", "Compare"),
+        Binding("r", "reload", "Reload"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="runs")
+        self.runs: list[RunSummary] = []
+        self.marked: str | None = None
+        self.compared: tuple[str, str] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield NavBar("runs")
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        with Vertical(id="compare-box"):
+            yield Label("Mark a run (m), move to another, then compare (x).", id="compare-title")
+            with Horizontal(id="compare-charts"):
+                yield LineChart("train loss by epoch", id="compare-train")
+                yield LineChart("validation loss by epoch", id="compare-val")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        table.add_columns(" ", "name", "status", "val acc", "epochs", "mode", "backbone", "dataset", "best", "model")
+        table.border_title = "runs"
+        self.reload()
+
+    def on_screen_resume(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read the runs folder, keeping the cursor on the same run."""
+        table = self.query_one("#runs-table", DataTable)
+        current = self.current.path if self.current else None
+        self.runs = list_runs(self.app.runs_dir)
+        table.clear()
+        for r in self.runs:
+            table.add_row(
+                "*" if r.path == self.marked else " ", r.name, r.status, _pct(r.val_accuracy), f"{r.epochs_done}/{r.epochs}",
+                r.mode, r.backbone, r.dataset, _pct(r.best_val_accuracy), "yes" if r.has_bundle else "-", key=r.path,
+            )
+        if not self.runs:
+            table.border_subtitle = f"no runs under {self.app.runs_dir}/ yet: F1 sets one up"
+        else:
+            table.border_subtitle = f"{len(self.runs)} runs in {self.app.runs_dir}/"
+        if current is not None:
+            index = next((i for i, r in enumerate(self.runs) if r.path == current), 0)
+            table.move_cursor(row=index)
+        self.refresh_bindings()
+
+    @property
+    def current(self) -> RunSummary | None:
+        """The run under the cursor."""
+        table = self.query_one("#runs-table", DataTable)
+        if not self.runs or table.cursor_row < 0 or table.cursor_row >= len(self.runs):
+            return None
+        return self.runs[table.cursor_row]
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self) -> None:
+        self.refresh_bindings()
+
+    @on(DataTable.RowSelected)
+    def _selected(self) -> None:
+        self.action_open()
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        run = self.current
+        if action in ("evaluate", "classify"):
+            return run is not None and run.has_bundle
+        if action in ("new_from", "mark", "open"):
+            return run is not None
+        if action == "compare":
+            return run is not None and self.marked is not None and self.marked != run.path
+        return True
+
+    def action_open(self) -> None:
+        run = self.current
+        if run is None:
+            return
+        actions = []
+        if run.has_bundle:
+            actions += [("evaluate", "Evaluate this run's model"), ("classify", "Classify images with it")]
+        actions.append(("new_from", "New run from its settings"))
+        if self.marked is not None and self.marked != run.path:
+            actions.append(("compare", f"Compare loss curves with {Path(self.marked).name}"))
+        actions.append(("mark", "Unmark" if self.marked == run.path else "Mark for comparison"))
+
+        async def picked(action: str | None) -> None:
+            if action:
+                await self.run_action(action)
+
+        self.app.push_screen(ActionsScreen(run.name, actions), picked)
+
+    async def action_evaluate(self) -> None:
+        if self.current is not None:
+            await self.app.open_evaluate(self.current.path)
+
+    async def action_classify(self) -> None:
+        if self.current is not None:
+            await self.app.open_classify(self.current.path)
+
+    async def action_new_from(self) -> None:
+        run = self.current
+        if run is None:
+            return
+        try:
+            config = RunConfig.from_json((Path(run.path) / "config.json").read_text())
+        except (OSError, ValueError, TypeError) as exc:
+            self.notify(f"{run.name}: config.json is unreadable ({exc})", severity="error")
+            return
+        await self.app.new_run_from(config)
+
+    def action_mark(self) -> None:
+        run = self.current
+        if run is None:
+            return
+        self.marked = None if self.marked == run.path else run.path
+        self.reload()
+
+    def action_compare(self) -> None:
+        run = self.current
+        if run is None or self.marked is None or self.marked == run.path:
+            return
+        self.compare(self.marked, run.path)
+
+    def compare(self, first: str, second: str) -> None:
+        """Draw the loss curves of two runs on shared scales."""
+        self.compared = (first, second)
+        (train_a, val_a), (train_b, val_b) = epoch_curves(first), epoch_curves(second)
+        a, b = Path(first).name, Path(second).name
+        self.query_one("#compare-train", LineChart).set_series([Series("A", tuple(train_a)), Series("B", tuple(train_b))])
+        self.query_one("#compare-val", LineChart).set_series([Series("A", tuple(val_a)), Series("B", tuple(val_b))])
+        # The same colours as the charts' series (LineChart's DEFAULT_CSS).
+        self.query_one("#compare-title", Label).update(
+            Content.from_markup("[$primary-lighten-2]━ A[/] $a\n[$accent]━ B[/] $b", a=a, b=b)
+        )
+        self.add_class("-comparing")
+
+    def action_reload(self) -> None:
+        self.reload()
+

@@ -1,0 +1,201 @@
+"""The set-up screen: every run setting as a menu or a validated box, and the equivalent command.
+
+Menus read ``core.registry``, the same tuples behind ``tlwork run --help``, each with its
+one-line description. Number boxes are checked as you type (a red tint and a one-line
+message); the whole configuration is then checked by ``RunConfig.validate``, and the
+``tlwork run ...`` line below the form is rebuilt on every change, ready to copy for a
+headless run. Start (Ctrl+R or the button) hands the config to the training screen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.validation import Function, Integer, ValidationResult
+from textual.widgets import Button, Footer, Input, Label, Static
+
+from core import registry
+from core.config import MODE_DEFAULTS, PROBE_LR, ConfigError, RunConfig
+from core.registry import Choice
+from tui.widgets.fields import ChoiceField
+from tui.widgets.nav import NavBar
+
+# ``--weights`` also takes a file; the menu offers it as a prefix choice with a path box.
+WEIGHT_FILE = Choice("file:", "File", "a .safetensors file or a state dict at PATH")
+DEMO = {"dataset": "demo", "weights": "none", "image_size": 32, "batch_size": 64, "epochs": 1}
+
+
+def _positive(value: str) -> bool:
+    try:
+        return float(value) > 0
+    except ValueError:
+        return False
+
+
+# (id, label, RunConfig field, validators, placeholder)
+NUMBERS: tuple[tuple[str, str, str, list[Any], str], ...] = (
+    ("epochs", "epochs", "epochs", [Integer(minimum=1, failure_description="epochs must be a whole number of at least 1")], ""),
+    ("lr", "learning rate", "lr", [Function(_positive, "learning rate must be a number greater than 0, e.g. 1e-3")], "default"),
+    ("batch-size", "batch size", "batch_size", [Integer(minimum=1, failure_description="batch size must be a whole number of at least 1")], ""),
+    ("image-size", "image size", "image_size", [Integer(minimum=16, failure_description="image size must be a whole number of at least 16")], ""),
+    ("seed", "seed", "seed", [Integer(failure_description="seed must be a whole number")], ""),
+    ("probe-epochs", "probe epochs", "probe_epochs", [Integer(minimum=1, failure_description="probe epochs must be a whole number of at least 1")], ""),
+)
+
+
+class SetupScreen(Screen[None]):
+    """Choose a run's settings, see its command line, start it."""
+
+    BINDINGS = [
+        Binding("ctrl+r", "start", "Start run"),
+        Binding("ctrl+t", "demo", "Demo preset"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="setup")
+        self.config: RunConfig | None = None
+        self.problem = ""
+
+    def compose(self) -> ComposeResult:
+        base = RunConfig()
+        yield NavBar("setup")
+        with VerticalScroll(id="setup-form"):
+            yield ChoiceField("dataset", registry.DATASETS, value=base.dataset, id="dataset",
+                              placeholders={"imagefolder:": "PATH with train/ (and test/ or val/) or class folders"})
+            yield ChoiceField("backbone", registry.BACKBONES + registry.BACKBONE_PREFIXES, value=base.backbone, id="backbone",
+                              placeholders={"timm:": "timm model name, e.g. resnet10t", "hf:": "hub id or local folder"})
+            yield ChoiceField("weights", registry.WEIGHTS + (WEIGHT_FILE,), value=base.weights, id="weights",
+                              placeholders={"file:": "PATH to .safetensors or a state dict"})
+            yield ChoiceField("mode", registry.MODES, value=base.mode, id="mode")
+            yield ChoiceField("augmentation", registry.AUGMENTATIONS, value=None, blank="mode default", id="augment")
+            yield ChoiceField("scheduler", registry.SCHEDULERS, value=None, blank="mode default", id="scheduler")
+            yield ChoiceField("optimizer", registry.OPTIMIZERS, value=base.optimizer, id="optimizer")
+            yield ChoiceField("device", registry.DEVICES, value=base.device, id="device")
+            with Grid(id="setup-numbers"):
+                for ident, label, field, validators, placeholder in NUMBERS:
+                    value = getattr(base, field)
+                    yield Label(label, classes="field-label", id=f"{ident}-label")
+                    yield Input("" if value is None else str(value), placeholder=placeholder, validators=validators,
+                                valid_empty=ident == "lr", compact=True, id=ident)
+            with Horizontal(id="name-row"):
+                yield Label("run name", classes="field-label")
+                yield Input(placeholder="automatic: time-backbone-mode", compact=True, id="run-name")
+        yield Static("", id="command-line")
+        with Horizontal(id="setup-actions"):
+            yield Static("", id="setup-error")
+            yield Button("Start ^r", variant="success", compact=True, id="start")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.border_title = "set-up"
+        self.query_one("#command-line").border_title = "equivalent command"
+        self.refresh_config()
+        self.query_one("#dataset Select").focus()
+
+    # -- reading and showing the configuration ----------------------------------------------
+
+    def field(self, ident: str) -> ChoiceField:
+        return self.query_one(f"#{ident}", ChoiceField)
+
+    def read_config(self) -> tuple[RunConfig | None, str]:
+        """The configuration the form describes, or None and the first problem found."""
+        for ident, label, *_ in NUMBERS:
+            box = self.query_one(f"#{ident}", Input)
+            if ident == "probe-epochs" and self.field("mode").value != "probe-then-finetune":
+                continue
+            result: ValidationResult | None = box.validate(box.value)
+            if result is not None and not result.is_valid:
+                return None, result.failure_descriptions[0]
+        values: dict[str, Any] = {}
+        for ident in ("dataset", "backbone", "mode", "augment", "scheduler", "optimizer", "device"):
+            value = self.field(ident).value
+            if value is None and ident not in ("augment", "scheduler"):
+                return None, f"choose a {ident}"
+            values[ident] = value
+        weights = self.field("weights").value or "imagenet"
+        values["weights"] = weights[len("file:"):] if weights.startswith("file:") else weights
+        if values["weights"] == "":
+            return None, "weights: type the path of a .safetensors file or a state dict"
+        for ident, _, field, _, _ in NUMBERS:
+            text = self.query_one(f"#{ident}", Input).value.strip()
+            if field == "lr":
+                values[field] = float(text) if text else None
+            elif text:
+                values[field] = int(text)
+        name = self.query_one("#run-name", Input).value.strip()
+        values["name"] = name or None
+        values["runs_dir"] = self.app.runs_dir
+        values["data_dir"] = self.app.data_dir
+        try:
+            config = RunConfig(**values)
+            config.validate()
+        except ConfigError as exc:
+            return None, str(exc)
+        return config, ""
+
+    def refresh_config(self) -> None:
+        """Re-read the form: hints, the command line, the error line and Start."""
+        mode = self.field("mode").value or "linear-probe"
+        defaults = MODE_DEFAULTS.get(mode, {})
+        for ident, key in (("augment", "augment"), ("scheduler", "scheduler")):
+            choices = registry.AUGMENTATIONS if key == "augment" else registry.SCHEDULERS
+            choice = registry.find(choices, defaults.get(key, ""))
+            self.field(ident).set_blank_hint(f"for {mode}: {choice.label if choice else '?'}")
+        lr = self.query_one("#lr", Input)
+        lr.placeholder = f"default {defaults.get('lr', PROBE_LR):g}"
+        self.set_class(mode == "probe-then-finetune", "-probe-then-finetune")
+        self.config, self.problem = self.read_config()
+        line = self.query_one("#command-line", Static)
+        line.update(self.config.command_line() if self.config else "(fix the settings above)")
+        error = self.query_one("#setup-error", Static)
+        error.update(self.problem)
+        error.set_class(bool(self.problem), "-error")
+        self.query_one("#start", Button).disabled = self.config is None
+        self.refresh_bindings()
+
+    @on(ChoiceField.Changed)
+    @on(Input.Changed)
+    def _changed(self) -> None:
+        self.refresh_config()
+
+    # -- loading settings ---------------------------------------------------------------
+
+    def load_config(self, config: RunConfig) -> None:
+        """Fill the form from ``config`` (a past run's settings)."""
+        for ident in ("dataset", "backbone", "mode", "augment", "scheduler", "optimizer", "device"):
+            self.field(ident).set_value(getattr(config, ident))
+        weights = config.weights
+        self.field("weights").set_value(weights if registry.find(registry.WEIGHTS, weights) else "file:" + weights)
+        for ident, _, field, _, _ in NUMBERS:
+            value = getattr(config, field)
+            self.query_one(f"#{ident}", Input).value = "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+        self.query_one("#run-name", Input).value = ""
+        self.refresh_config()
+
+    # -- actions --------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "start":
+            return True if self.config is not None else None
+        return True
+
+    def action_start(self) -> None:
+        if self.config is None:
+            self.notify(self.problem or "the settings are incomplete", severity="error")
+            return
+        self.app.start_run(self.config)
+
+    def action_demo(self) -> None:
+        """The offline demo: shipped images, random weights, 32 px, one epoch."""
+        current = self.config or RunConfig()
+        self.load_config(replace(current, **DEMO))
+
+    @on(Button.Pressed, "#start")
+    def _start_pressed(self) -> None:
+        self.action_start()

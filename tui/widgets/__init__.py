@@ -1,0 +1,12 @@
+"""Reusable widgets of the workbench, each carrying its own DEFAULT_CSS."""
+
+from __future__ import annotations
+
+from tui.widgets.fields import ChoiceField, ModelPicker
+from tui.widgets.heatmap import ConfusionHeatmap
+from tui.widgets.line_chart import LineChart, Series
+from tui.widgets.loss_chart import LossChart
+from tui.widgets.memory import MemoryPanel
+from tui.widgets.prob_bars import ProbabilityBars
+
+__all__ = ["ChoiceField", "ConfusionHeatmap", "LineChart", "LossChart", "MemoryPanel", "ModelPicker", "ProbabilityBars", "Series"]
