@@ -192,8 +192,23 @@ def _safetensors_kwargs(id_or_path: str) -> dict[str, Any]:
     return {}
 
 
+def _precheck(id_or_path: str) -> None:
+    """Fail fast, before importing transformers, for a hub model that is not cached and cannot be fetched."""
+    if local_folder(id_or_path) is not None:
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(id_or_path, "config.json"), str):
+        return
+    if constants.is_offline_mode():
+        raise _unavailable(id_or_path, "HF_HUB_OFFLINE=1 forbids downloading it (unset it to download)")
+    if not _hub_reachable():
+        raise _unavailable(id_or_path, f"{constants.ENDPOINT} cannot be reached (no network?)")
+
+
 def load_config(id_or_path: str) -> Any:
     """The model's ``PreTrainedConfig``; a model that is not an image classifier is a ConfigError."""
+    _precheck(id_or_path)
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
@@ -360,11 +375,12 @@ def build_hf_classifier(
     on; the head is reset unless the model already predicts exactly ``class_names``), ``none``
     keeps the random initialisation, a PATH loads a state dict (HF or tlwork key layout).
     """
-    from transformers import AutoModelForImageClassification
-
     names = list(class_names) if class_names is not None else [f"LABEL_{i}" for i in range(num_classes)]
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for {num_classes} classes")
+    _precheck(name)
+    from transformers import AutoModelForImageClassification
+
     with quiet_transformers():
         config = load_config(name)
         processor = load_processor(name, config)
@@ -411,10 +427,11 @@ def model_from_arch(arch: dict[str, Any], class_names: list[str]) -> nn.Module:
 
 def load_hf_classifier(id_or_path: str, device: torch.device) -> Any:
     """A pretrained Hugging Face classifier as it is (its own labels and image processor)."""
-    from transformers import AutoModelForImageClassification
-
     from core.inference import Classifier
     from core.transforms import Preprocessing
+
+    _precheck(id_or_path)  # before importing transformers: an unavailable model fails in a second
+    from transformers import AutoModelForImageClassification
 
     with quiet_transformers():
         config = load_config(id_or_path)
