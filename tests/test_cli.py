@@ -9,6 +9,7 @@ tiny timm ResNet on generated images.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -42,13 +43,27 @@ def one_line_error(result: Any) -> str:
     return errors[0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """``tlwork run --mode finetune --dataset demo --weights none --image-size 32 --epochs 1 --json``."""
-    runs_dir = tmp_path_factory.mktemp("cli") / "runs"
-    result = invoke("run", *DEMO_ARGS, "--batch-size", "50", "--device", "cpu", "--runs-dir", str(runs_dir), "--json")
-    assert result.exit_code == 0, result.output
-    return {"result": result, "runs_dir": runs_dir, "lines": json_lines(result.stdout)}
+    """``tlwork run --mode finetune --dataset demo --weights none --image-size 32 --epochs 1 --json``.
+
+    Trained once per test session even under xdist (the workers share the base temporary
+    folder and take turns with a file lock), since it is the slowest fixture here.
+    """
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    base = root / "cli-demo-run"
+    runs_dir, output = base / "runs", base / "stdout.jsonl"
+    with FileLock(str(root / "cli-demo-run.lock")):
+        if not output.is_file():
+            args = [*DEMO_ARGS, "--batch-size", "50", "--device", "cpu", "--runs-dir", str(runs_dir), "--json"]
+            result = invoke("run", *args)
+            assert result.exit_code == 0, result.output
+            output.write_text(result.stdout)
+    return {"runs_dir": runs_dir, "lines": json_lines(output.read_text())}
 
 
 def test_run_on_the_demo_set_writes_a_run_directory(demo_run: dict[str, Any]) -> None:
@@ -270,7 +285,7 @@ def test_sigterm_stops_the_run_with_a_checkpoint_and_exit_4(tiny_folder: Path, t
     proc = subprocess.Popen(
         [
             sys.executable, "-c", "from tui.cli import main; main()", "run", "--mode", "finetune", "--backbone", TINY_BACKBONE, "--weights", "none",
-            "--dataset", "demo", "--image-size", "16", "--batch-size", "2", "--epochs", "1", "--device", "cpu",
+            "--dataset", f"imagefolder:{tiny_folder}", "--image-size", "16", "--batch-size", "2", "--epochs", "50", "--device", "cpu",
             "--runs-dir", str(tmp_path / "runs"), "--json",
         ],
         stdout=subprocess.PIPE,

@@ -26,10 +26,16 @@ from core.train import train
 
 
 def shape(events: Iterable[Any]) -> list[str]:
-    """Event type names, with runs of BatchEnded collapsed to one ``BatchEnded...``."""
+    """Event type names, runs of BatchEnded collapsed to one ``BatchEnded...``.
+
+    ``MessageLogged`` lines (which data path a stage takes, fallbacks) may come anywhere and
+    are left out.
+    """
     out: list[str] = []
     for event in events:
         name = type(event).__name__
+        if name == "MessageLogged":
+            continue
         if name == "BatchEnded":
             name = "BatchEnded..."
             if out and out[-1] == name:
