@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -52,6 +52,7 @@ class Splits:
     std: tuple[float, float, float]
     native_size: int | None
     val_source: str  # "test" when validating on the test split, else "held-out"
+    unreadable: list[tuple[str, str, str]] = field(default_factory=list)  # (path, kind, reason), left out
 
 
 class ImageFiles(Dataset):
@@ -107,6 +108,48 @@ def classify_image_error(path: str | Path, exc: BaseException) -> tuple[str, str
     if "truncated" in text.lower() or isinstance(exc, EOFError):
         return "truncated", f"truncated ({text})"
     return "unreadable", f"corrupt ({type(exc).__name__}: {text})"
+
+
+def quick_check(path: str) -> tuple[str, str] | None:
+    """(kind, reason) when ``path`` is plainly not a usable image, else None; cheap for JPEG and PNG.
+
+    Reads the header (catching empty files, non-images and decompression bombs) and, for JPEG
+    and PNG, the end-of-image marker (catching truncation); other formats, and files whose
+    marker is missing, are decoded fully to be sure. Call it with Pillow's
+    ``DecompressionBombWarning`` turned into an error (``screen_images`` does).
+    """
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+            if img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels is over the limit of {Image.MAX_IMAGE_PIXELS}")
+            if fmt in _END_MARKERS:
+                with open(path, "rb") as fh:
+                    fh.seek(max(0, os.path.getsize(path) - 64))
+                    if _END_MARKERS[fmt] in fh.read().rstrip(b"\0\r\n "):
+                        return None
+            img.load()
+    except Exception as exc:  # any decoder error means the file is left out
+        return classify_image_error(path, exc)
+    return None
+
+
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
+
+
+def screen_images(samples: list[tuple[str, int]], threads: int | None = None) -> tuple[list[tuple[str, int]], list[tuple[str, str, str]]]:
+    """(usable samples, [(path, kind, reason)] left out), checking files in a few threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [path for path, _ in samples]
+    with warnings.catch_warnings():
+        # Once, around the pool: the warnings filter list is process-wide and threads share it.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+            results = list(pool.map(quick_check, paths))
+    kept = [sample for sample, bad in zip(samples, results) if bad is None]
+    left = [(path, *bad) for path, bad in zip(paths, results) if bad is not None]
+    return kept, left
 
 
 class Subset(Dataset):
@@ -206,12 +249,16 @@ def _folders(
     samples, names = scan_class_folders(train_dir)
     if not samples:
         raise DataError(f"{train_dir}: no images found; expected {train_dir}/<class>/<image>.jpg")
+    samples, unreadable = screen_images(samples) if spec != "demo" else (samples, [])
     present = sorted({label for _, label in samples})
     if len(present) < 2:
         raise DataError(f"{train_dir}: only one class with images ({names[present[0]]!r}); a classifier needs two or more")
     full = ImageFiles(samples, names)
     if test_dir is not None:
         test_samples, _ = scan_class_folders(test_dir, names)
+        if spec != "demo":
+            test_samples, more = screen_images(test_samples)
+            unreadable += more
         test = ImageFiles(test_samples, names)
         train, val, source = full, test, "test"
     else:
@@ -222,7 +269,7 @@ def _folders(
         test = val
     if mean is None or std is None:
         mean, std = channel_stats(train)
-    return Splits(spec, train, val, test, names, mean, std, native_size, source)
+    return Splits(spec, train, val, test, names, mean, std, native_size, source, unreadable)
 
 
 def channel_stats(dataset: Any, limit: int = 500) -> tuple[tuple[float, float, float], tuple[float, float, float]]:

@@ -21,13 +21,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from core import fastdata
+from core import fastdata, safedata
 from core.evaluate import make_loader
 from core.features import FeatureBatches, extract, head_block, trunk_features
 from core.models import ModelInfo
-from core.transforms import Preprocessing, Transformed, train_transform
+from core.transforms import Preprocessing, train_transform
 
 
 class FrozenTrunk(nn.Module):
@@ -54,6 +53,7 @@ class DataCache:
     mode: str  # auto | device | stream
     images: dict[str, fastdata.DeviceImages | None] = field(default_factory=dict)
     features: dict[str, FeatureBatches] = field(default_factory=dict)
+    unreadable: list[safedata.Unreadable] = field(default_factory=list)  # the training loop drains and logs these
 
     def device_images(self, split: str) -> fastdata.DeviceImages | None:
         """The split as a device tensor, or None when it streams instead."""
@@ -120,15 +120,19 @@ def make_pipeline(
             yield from images.batches(order, batch_size, aug, gen, cl, skip_batches=skip)
             return
         if split == "train" and epoch is not None:
-            loader = DataLoader(
-                Transformed(splits.train, train_transform(cache.pre, aug, splits.native_size)),
-                batch_size=batch_size, sampler=sampler, num_workers=workers,
-                pin_memory=device.type == "cuda", persistent_workers=False,
-            )
+            # Per-sample augmentation streams (seed, epoch, index) and skipped unreadable files (core.safedata).
+            dataset = safedata.SafeImages(splits.train, train_transform(cache.pre, aug, splits.native_size), seed)
+            dataset.set_epoch(epoch)
+            loader: Any = safedata.make_loader(dataset, batch_size, device, workers, sampler, seed)
         else:
             data = getattr(splits, split)
             loader = make_loader(torch.utils.data.Subset(data, order) if order != _natural(len(data)) else data, cache.pre, batch_size, device, workers)
-        for images_, labels in loader:
+        for batch in loader:
+            images_, labels, unreadable = safedata.unpack(batch)
+            cache.unreadable.extend(unreadable)
+            if images_ is None:  # every image of the batch was unreadable: the loop still counts the batch
+                yield None, None  # type: ignore[misc]
+                continue
             yield images_.to(device, non_blocking=True, memory_format=torch.channels_last if cl else torch.contiguous_format), labels.to(device, non_blocking=True)
 
     if probe and augment == "none" and cache_features and block is not None:

@@ -169,3 +169,10 @@ class SkipLog:
             f"epoch {epoch}: skipped {count} unreadable image(s); {len(self.files)} file(s) so far "
             "(list them with `tlwork check-data`, or pass --strict to stop on the first)"
         )
+
+
+def drain(items: list[Unreadable]) -> list[Unreadable]:
+    """Take everything out of a shared list of unreadable samples (the pipeline fills it)."""
+    out = items[:]
+    del items[: len(out)]
+    return out

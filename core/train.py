@@ -11,8 +11,11 @@ status.json, checkpoints and the final bundle.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -22,15 +25,23 @@ from torch.utils.data import Sampler
 
 from core import events as ev
 from core.bundle import save_bundle
-from core.checkpoint import Position, save_checkpoint
-from core.config import RunConfig
-from core.data import Splits, load_splits
+from core.batchsize import auto_batch_size
+from core.checkpoint import (
+    Position, copy_checkpoint, load_model_state, load_optimizer_state, load_scheduler_state, restore_rng, save_checkpoint,
+)
+from core.config import ConfigError, RunConfig
+from core.data import DataError, Splits, load_splits
 from core.device import autocast, configure, device_name, pick_device, seed_everything
 from core.evaluate import Tally, default_workers, to_device
 from core.freeze import freeze, train_mode, trainable_parameters
 from core.models import ModelInfo, build_model, count_params
 from core.pipeline import DataCache, make_pipeline
+from core.faults import (
+    NonFiniteLoss, finite_weights, first_nonfinite, is_out_of_memory, kept, nonfinite_message, out_of_memory, write_failed,
+)
+from core.resume import BEST, LAST, ResumePoint, RunLock, check_same_data, read_status, saved_preprocessing, start_point
 from core.runs import MetricsWriter, create_run_dir, write_json
+from core.safedata import SkipLog, Unreadable, drain
 from core.schedule import current_lr, make_optimizer, make_scheduler
 from core.transforms import Preprocessing
 
@@ -109,7 +120,10 @@ class _Run:
         self.config = config
         self.device = device
         self.step = 0
+        self.first_step = 0  # the step this process started at (a resumed run's ETA counts from it)
         self.best = -1.0
+        self.nonfinite = 0  # batches skipped for a non-finite loss (--skip-nonfinite)
+        self.last_checkpoint: str | None = None  # "path (epoch E, step S)" of the last good checkpoint
         self.started = time.time()
 
 
@@ -118,126 +132,254 @@ def train(
     *,
     stop: threading.Event | None = None,
     stop_after_epoch: threading.Event | None = None,
+    resume: ResumePoint | None = None,
 ) -> Iterator[ev.Event]:
-    """Train as ``config`` says, yielding events; see the module docstring."""
+    """Train as ``config`` says, yielding events; see the module docstring.
+
+    ``resume`` (from ``core.resume.prepare``) continues a run in its own directory from its
+    checkpoint: same sample order, stage, schedule and RNG states.
+    """
     config = config.resolved()
     device = pick_device(config.device)
     configure(device)
     seed_everything(config.seed)
     splits = load_splits(config.dataset, config.data_dir, config.val_split, config.seed)
-    model, info = build_model(config.backbone, len(splits.class_names), config.weights, splits.class_names)
-    pre = preprocessing_for(config, splits, info)
+    # A resumed run's weights come from its checkpoint: the weights file is not read again.
+    weights = "none" if resume is not None else config.weights
+    model, info = build_model(config.backbone, len(splits.class_names), weights, splits.class_names)
+    pre = preprocessing_for(config, splits, info) if resume is None else saved_preprocessing(resume.meta)
     model.to(device)
     if config.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    forward: nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
     stages = plan_stages(config)
+    notes: list[str] = []
+    if config.batch_size == "auto":
+        found, note = auto_batch_size(model, info, config, stages, device, len(splits.class_names), len(splits.train))
+        config = dataclasses.replace(config, batch_size=found)
+        notes.append(note)
+    assert isinstance(config.batch_size, int)
+    batch_size = config.batch_size
+    forward: nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
     workers = default_workers(device) if config.workers is None else config.workers
     sampler = EpochSampler(len(splits.train), config.seed)
-    steps_per_epoch = -(-len(splits.train) // config.batch_size)
+    steps_per_epoch = -(-len(splits.train) // batch_size)
     total_steps = steps_per_epoch * sum(s.epochs for s in stages)
     cache = DataCache(splits, pre, device, config.data)
+    skips = SkipLog(config.strict)
+    screened = [f"left out unreadable image {path}: {reason}" for path, _, reason in splits.unreadable]
+    if splits.unreadable and config.strict:
+        skips.add([Unreadable(-1, *splits.unreadable[0])])  # raises the --strict error
 
-    run_dir = create_run_dir(config)
-    (run_dir / "config.json").write_text(config.to_json() + "\n")
+    if resume is None:
+        run_dir = create_run_dir(config)
+        (run_dir / "config.json").write_text(config.to_json() + "\n")
+    else:
+        run_dir = resume.run_dir
+        check_same_data(resume.meta, splits.class_names, len(splits.train), batch_size)
+        load_model_state(model, resume.tensors)
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        raise ConfigError(f"run {run_dir} is already being trained by another process (pid {lock.holder()})")
     state = _Run(config, device)
-    status = {"status": "running", "started": state.started, "pid": _pid()}
+    start = start_point([s.epochs for s in stages], resume.position if resume else None)
+    if resume is not None:
+        state.step = state.first_step = resume.position.step
+        state.best = resume.position.best_val_accuracy
+        state.nonfinite = resume.position.nonfinite_skipped
+        state.last_checkpoint = f"{resume.checkpoint} (epoch {resume.position.epoch}, step {resume.position.step})"
+    status = read_status(run_dir) if resume is not None else {}
+    status.update({"status": "running", "started": status.get("started", state.started), "pid": _pid()})
+    if resume is not None:
+        status["resumed"] = int(status.get("resumed", 0)) + 1
+    status.pop("error", None)
     write_json(run_dir / "status.json", status)
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
+    origin = resume.meta.get("cwd") if resume is not None else os.getcwd()
+    last_val = resume.meta.get("val") if resume is not None else None
+    val: dict[str, Any] = dict(last_val) if isinstance(last_val, dict) else {"top1": 0.0, "loss": float("nan")}
 
     def emit(event: ev.Event) -> ev.Event:
         if not isinstance(event, ev.BatchEnded):
-            metrics.write(ev.to_record(event))
+            try:
+                metrics.write(ev.to_record(event))
+            except OSError as exc:
+                raise write_failed(metrics.path, exc, state.last_checkpoint) from None
         return event
+
+    def checkpoint(
+        kind: str, stage_index: int, epoch: int, batch: int, done: bool, totals: tuple[Any, Any, int] | None,
+        optimizer: torch.optim.Optimizer, scheduler: Any, unchecked: tuple[list[torch.Tensor], list[int]] | None = None,
+    ) -> ev.CheckpointSaved:
+        # Never replace the last good checkpoint with weights a NaN has already reached.
+        if unchecked and unchecked[0]:
+            bad = first_nonfinite(torch.stack(unchecked[0]).float().tolist(), unchecked[1])
+            if bad is not None:
+                raise NonFiniteLoss(nonfinite_message(bad[1], epoch, bad[0], state.step - batch + bad[0], state.last_checkpoint))
+        if not finite_weights(model):
+            raise NonFiniteLoss(
+                f"the weights became NaN or infinite by epoch {epoch}, batch {batch} (step {state.step}); the run stopped "
+                f"and {kept(state.last_checkpoint)}; lower --lr, or resume with --skip-nonfinite"
+            )
+        sums = (float(totals[0].item()), int(totals[1].item()), int(totals[2])) if totals else (0.0, 0, 0)
+        position = Position(stage_index, epoch, batch, state.step, state.best, done, state.nonfinite, *sums)
+        extra = {
+            "cwd": origin, "preprocessing": pre.to_dict(), "class_names": list(splits.class_names),
+            "train_size": len(splits.train), "batch_size": batch_size, "stages": [s.name for s in stages], "val": val,
+        }
+        path = save_checkpoint(run_dir / LAST, model, optimizer, scheduler, position, extra)
+        state.last_checkpoint = f"{path} (epoch {epoch}, step {state.step})"
+        return ev.CheckpointSaved(str(path), epoch, state.step, kind)
 
     outcome = "failed"
     try:
-        freeze(model, info, stages[0].mode, config.unfreeze_stages)
+        freeze(model, info, stages[min(start.stage, len(stages) - 1)].mode, config.unfreeze_stages)
         yield emit(
             ev.RunStarted(
                 str(run_dir), config.to_dict(), config.command_line(), str(device), device_name(device),
                 tuple(splits.class_names), len(splits.train), len(splits.val), config.total_epochs, total_steps,
-                count_params(model, trainable_only=True), count_params(model),
+                count_params(model, trainable_only=True), count_params(model), start.epochs_done, state.step,
             )
         )
+        for note in notes:
+            yield emit(ev.MessageLogged("info", note))
+        if resume is not None:
+            yield emit(ev.MessageLogged("info", f"resumed from {resume.checkpoint}: {start.describe(steps_per_epoch)}"))
+        for line in screened:
+            yield emit(ev.MessageLogged("warning", line))
+        if screened:
+            yield emit(ev.MessageLogged("warning", f"{len(screened)} unreadable image(s) left out (see `tlwork check-data`; --strict stops instead)"))
         if splits.val_source == "held-out":
             yield emit(ev.MessageLogged("info", f"validating on {len(splits.val)} held-out training images (--val-split {config.val_split:g})"))
-        epoch = 0
-        val = {"top1": 0.0, "loss": float("nan")}
+        epoch = start.epochs_done
         for stage_index, stage in enumerate(stages):
+            if stage_index < start.stage:
+                continue
             freeze(model, info, stage.mode, config.unfreeze_stages)
             params = trainable_parameters(model)
             optimizer = make_optimizer(params, config.optimizer, stage.lr, config.momentum, config.weight_decay)
             scheduler = make_scheduler(
                 optimizer, stage.scheduler, steps_per_epoch, stage.epochs, config.step_size, config.step_gamma, config.warmup_epochs
             )
+            resumed_here = resume is not None and stage_index == start.stage
+            if resume is not None and resumed_here and start.same_stage:
+                load_optimizer_state(optimizer, resume.meta, resume.tensors)
+                load_scheduler_state(scheduler, resume.meta)
             loader = make_pipeline(
                 cache=cache, model=model, forward=forward, info=info, stage_mode=stage.mode, augment=stage.augment,
-                batch_size=config.batch_size, seed=config.seed, workers=workers, channels_last=config.channels_last,
+                batch_size=batch_size, seed=config.seed, workers=workers, channels_last=config.channels_last,
                 amp=config.amp, cache_features=config.cache_features, sampler=sampler,
             )
             yield emit(ev.MessageLogged("info", f"stage {stage.name}: {loader.kind} data path"))
             criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-            yield emit(ev.StageStarted(stage.name, epoch + 1, stage.epochs, stage.lr, sum(p.numel() for p in params)))
-            for _ in range(stage.epochs):
+            first_epoch = sum(s.epochs for s in stages[:stage_index]) + 1
+            yield emit(ev.StageStarted(stage.name, first_epoch, stage.epochs, stage.lr, sum(p.numel() for p in params)))
+            if resume is not None and resumed_here:
+                # Last, so nothing between the checkpoint and the next batch draws from the RNGs.
+                restore_rng(resume.meta, resume.tensors)
+            for _ in range(start.epochs_in_stage if resumed_here else 0, stage.epochs):
                 epoch += 1
-                sampler.set_epoch(epoch)
-                yield emit(ev.EpochStarted(epoch, config.total_epochs, stage.name, len(loader)))
-                epoch_start = time.perf_counter()
+                skip = start.batch if resumed_here and epoch == start.epochs_done + 1 else 0
+                sampler.set_epoch(epoch, skip * batch_size)
                 batches = len(loader)
+                yield emit(ev.EpochStarted(epoch, config.total_epochs, stage.name, batches))
+                epoch_start = time.perf_counter()
                 train_mode(forward)
                 loss_sum = torch.zeros((), device=device, dtype=torch.float64)
                 correct = torch.zeros((), device=device, dtype=torch.long)
                 seen = 0
+                if skip and resume is not None:  # the resumed epoch's totals so far
+                    loss_sum += resume.position.loss_sum
+                    correct += resume.position.correct
+                    seen = resume.position.seen
                 pending: list[torch.Tensor] = []
+                pending_batches: list[int] = []
                 window_start = last_emit = time.perf_counter()
                 window_images = 0
                 wait = 0.0
                 fetch_start = time.perf_counter()
-                for batch_index, (images, labels) in enumerate(loader.epoch_batches(epoch, sampler.order(), 0), 1):
+                for batch_index, (images, labels) in enumerate(loader.epoch_batches(epoch, sampler.order(), skip), skip + 1):
                     wait += time.perf_counter() - fetch_start
-                    if stop is not None and stop.is_set():
-                        path = save_checkpoint(
-                            run_dir / "checkpoint-last", model, optimizer, scheduler,
-                            Position(stage_index, epoch, batch_index - 1, state.step, state.best),
-                        )
-                        yield emit(ev.CheckpointSaved(str(path), epoch, state.step, "stop"))
-                        outcome = "stopped"
-                        yield emit(ev.RunStopped(str(run_dir), str(path), epoch, state.step, "stop requested"))
-                        return
-                    images = to_device(images, device, config.channels_last)
-                    labels = labels.to(device, non_blocking=True)
-                    with autocast(device, config.amp):
-                        logits = loader.forward(images)
-                        loss = criterion(logits.float(), labels)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
+                    for line in skips.add(drain(cache.unreadable)):
+                        yield emit(ev.MessageLogged("warning", line))
+                    stepped = False
+                    if images is not None:  # None: every image of the batch was unreadable
+                        try:
+                            images = to_device(images, device, config.channels_last)
+                            labels = labels.to(device, non_blocking=True)
+                            with autocast(device, config.amp):
+                                logits = loader.forward(images)
+                                loss = criterion(logits.float(), labels)
+                            optimizer.zero_grad(set_to_none=True)
+                            loss.backward()
+                            # --skip-nonfinite must know before stepping: one sync per batch, only then.
+                            stepped = not config.skip_nonfinite or bool(torch.isfinite(loss).item())
+                            if stepped:
+                                optimizer.step()
+                        except Exception as exc:
+                            if not is_out_of_memory(exc):
+                                raise
+                            raise out_of_memory(str(device), batch_size, f"epoch {epoch}, batch {batch_index}") from None
+                        if not stepped:
+                            optimizer.zero_grad(set_to_none=True)
+                            state.nonfinite += 1
+                            yield emit(ev.MessageLogged("warning", f"epoch {epoch}, batch {batch_index}: loss is not finite; "
+                                                        f"batch skipped ({state.nonfinite} of at most {config.max_nonfinite})"))
+                            if state.nonfinite > config.max_nonfinite:
+                                raise NonFiniteLoss(
+                                    f"{state.nonfinite} batches had a non-finite loss, more than --max-nonfinite "
+                                    f"{config.max_nonfinite} (the last at epoch {epoch}, batch {batch_index}); the run stopped "
+                                    f"and {kept(state.last_checkpoint)}; lower --lr"
+                                )
+                    step_scheduler(scheduler, quiet=not stepped)
                     state.step += 1
-                    detached = loss.detach()
-                    pending.append(detached)
-                    loss_sum += detached.double() * labels.shape[0]
-                    correct += (logits.detach().argmax(1) == labels).sum()
-                    seen += labels.shape[0]
-                    window_images += labels.shape[0]
+                    if stepped:
+                        detached = loss.detach()
+                        pending.append(detached)
+                        pending_batches.append(batch_index)
+                        loss_sum += detached.double() * labels.shape[0]
+                        correct += (logits.detach().argmax(1) == labels).sum()
+                        seen += labels.shape[0]
+                        window_images += labels.shape[0]
                     now = time.perf_counter()
-                    if now - last_emit >= EMIT_INTERVAL or batch_index == batches:
+                    if pending and (now - last_emit >= EMIT_INTERVAL or batch_index == batches):
                         losses = torch.stack(pending).float().tolist()  # the one host sync per emit
                         now = time.perf_counter()
                         elapsed = time.time() - state.started
                         rate = window_images / max(1e-9, now - window_start)
-                        eta = elapsed / state.step * (total_steps - state.step)
+                        eta = elapsed / max(1, state.step - state.first_step) * (total_steps - state.step)
                         yield ev.BatchEnded(
                             epoch, batch_index, batches, state.step, total_steps, tuple(losses),
                             current_lr(optimizer), rate, min(1.0, wait / max(1e-9, now - window_start)),
                             elapsed, eta, stage.name,
                         )
-                        pending, window_images, wait = [], 0, 0.0
+                        bad = first_nonfinite(losses, pending_batches)
+                        if bad is not None:
+                            message = nonfinite_message(bad[1], epoch, bad[0], state.step - batch_index + bad[0], state.last_checkpoint)
+                            yield emit(ev.MessageLogged("error", message))
+                            raise NonFiniteLoss(message)
+                        pending, pending_batches, window_images, wait = [], [], 0, 0.0
                         window_start = last_emit = time.perf_counter()
+                    totals = (loss_sum, correct, seen)
+                    unchecked = (pending, pending_batches)
+                    if config.checkpoint_every and state.step % config.checkpoint_every == 0 and batch_index < batches:
+                        yield emit(checkpoint("batch", stage_index, epoch, batch_index, False, totals, optimizer, scheduler, unchecked))
+                    if stop is not None and stop.is_set():
+                        saved = checkpoint("stop", stage_index, epoch, batch_index, False, totals, optimizer, scheduler, unchecked)
+                        yield emit(saved)
+                        outcome = "stopped"
+                        yield emit(ev.RunStopped(str(run_dir), saved.path, epoch, state.step, "stop requested"))
+                        return
                     fetch_start = time.perf_counter()
+                if seen == 0:
+                    raise DataError("no training image of this epoch could be read; run `tlwork check-data` on the dataset")
                 train_seconds = time.perf_counter() - epoch_start
-                val = validate(loader.forward, loader.val_batches(), len(splits.class_names), device, config)
+                try:
+                    val = validate(loader.forward, loader.val_batches(), len(splits.class_names), device, config)
+                except Exception as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    raise out_of_memory(str(device), batch_size, f"validating after epoch {epoch}") from None
+                improved = val["top1"] > state.best
                 state.best = max(state.best, val["top1"])
                 yield emit(
                     ev.EpochEnded(
@@ -246,20 +388,31 @@ def train(
                         seen / max(1e-9, train_seconds),
                     )
                 )
-                path = save_checkpoint(
-                    run_dir / "checkpoint-last", model, optimizer, scheduler,
-                    Position(stage_index, epoch, batches, state.step, state.best),
-                )
-                yield emit(ev.CheckpointSaved(str(path), epoch, state.step, "epoch"))
-                if stop_after_epoch is not None and stop_after_epoch.is_set() and epoch < config.total_epochs:
+                for line in skips.add(drain(cache.unreadable)):
+                    yield emit(ev.MessageLogged("warning", line))
+                summary = skips.end_epoch(epoch)
+                if summary:
+                    yield emit(ev.MessageLogged("warning", summary))
+                val = {"top1": val["top1"], "loss": val["loss"]}
+                saved = checkpoint("epoch", stage_index, epoch, batches, True, None, optimizer, scheduler)
+                if improved:
+                    copy_checkpoint(run_dir / LAST, run_dir / BEST)
+                yield emit(saved)
+                stopping = stop is not None and stop.is_set()
+                after_epoch = stop_after_epoch is not None and stop_after_epoch.is_set()
+                if (stopping or after_epoch) and epoch < config.total_epochs:
                     outcome = "stopped"
-                    yield emit(ev.RunStopped(str(run_dir), str(path), epoch, state.step, "stopped after epoch"))
+                    reason = "stop requested" if stopping else "stopped after epoch"
+                    yield emit(ev.RunStopped(str(run_dir), saved.path, epoch, state.step, reason))
                     return
-        bundle = save_bundle(
-            run_dir, model, info.arch(), splits.class_names, pre,
-            {"run": run_dir.name, "val_accuracy": val["top1"], "dataset": config.dataset, "amp": config.amp,
-             "batch_size": config.batch_size, "command_line": config.command_line()},
-        )
+        try:
+            bundle = save_bundle(
+                run_dir, model, info.arch(), splits.class_names, pre,
+                {"run": run_dir.name, "val_accuracy": val["top1"], "dataset": config.dataset, "amp": config.amp,
+                 "batch_size": batch_size, "command_line": config.command_line()},
+            )
+        except OSError as exc:
+            raise write_failed(run_dir / "model.safetensors", exc, state.last_checkpoint) from None
         yield emit(ev.CheckpointSaved(str(bundle), epoch, state.step, "bundle"))
         outcome = "finished"
         yield emit(
@@ -274,7 +427,11 @@ def train(
     finally:
         metrics.close()
         status.update(status=outcome, seconds=round(time.time() - state.started, 3), step=state.step)
-        write_json(run_dir / "status.json", status)
+        try:
+            write_json(run_dir / "status.json", status)
+        except OSError:  # a full disk: the error being raised says more than this would
+            pass
+        lock.release()
 
 
 def validate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int, device: torch.device, config: RunConfig) -> dict[str, Any]:
@@ -285,6 +442,16 @@ def validate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
         for images, labels in loader:
             tally.update(model(to_device(images, device, config.channels_last)), labels.to(device, non_blocking=True))
     return tally.summary()
+
+
+def step_scheduler(scheduler: Any, quiet: bool = False) -> None:
+    """Step the per-batch schedule; ``quiet`` hides torch's warning for a batch with no optimiser step."""
+    if not quiet:
+        scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
 
 
 def _pid() -> int:
