@@ -222,6 +222,22 @@ def test_unknown_models_and_weight_files_exit_2(args: list[str], fragment: str, 
     assert fragment in one_line_error(result)
 
 
+def test_weights_for_another_backbone_exit_3(tiny_folder: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from core.models import build_model
+
+    other, _ = build_model("timm:test_efficientnet", 3, "none")
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "other.safetensors"))
+    result = invoke(
+        "run", "--dataset", f"imagefolder:{tiny_folder}", "--backbone", TINY_BACKBONE,
+        "--weights", str(tmp_path / "other.safetensors"), "--runs-dir", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert "does not fit this backbone" in one_line_error(result)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_malformed_number_is_a_usage_error() -> None:
     result = invoke("run", "--epochs", "many")
     assert result.exit_code == 2
