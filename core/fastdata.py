@@ -4,8 +4,8 @@ The notebook decodes and resizes every image with PIL in a single-process DataLo
 starves a GPU by an order of magnitude. ``DeviceImages`` instead holds a whole dataset as one
 uint8 tensor (N, 3, H, W) on the training device (CIFAR-10 is 150 MB) and turns index
 batches into normalised float batches there: per-sample random crop with zero padding,
-horizontal flip, resize (the same ``torch.nn.functional.interpolate`` call that
-torchvision's ``Resize`` makes on tensors) and normalisation, with a generator seeded per
+horizontal flip, resize (torchvision's own batched uint8 resize, so the pixels equal the
+per-image path's) and normalisation, with a generator seeded per
 epoch so the order and the augmentation of a resumed run repeat exactly. Datasets beyond the
 memory budget, or augmentations that need per-image PIL-style ops (RandAugment,
 TrivialAugment), stream through a multi-worker DataLoader with pinned memory instead.
@@ -20,7 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.transforms import Preprocessing
+from torchvision.transforms.v2.functional import resize
+
+from core.transforms import Preprocessing, _interp
 
 DEVICE_AUGMENTS = ("none", "crop-flip")
 
@@ -107,13 +109,10 @@ class DeviceImages:
         x = self.images.index_select(0, index)
         if augment == "crop-flip":
             x = random_crop_flip(x, max(1, x.shape[-1] // 8), gen)
-        x = x.float()
         if x.shape[-1] != self.pre.size or x.shape[-2] != self.pre.size:
-            mode = "bicubic" if self.pre.interpolation == "bicubic" else "bilinear"
-            x = F.interpolate(x, size=(self.pre.size, self.pre.size), mode=mode, antialias=True, align_corners=False)
-            if mode == "bicubic":
-                x = x.clamp_(0, 255)
-        x = (x - self.mean) / self.std
+            # torchvision's batched resize on uint8: the very op (and rounding) of the per-image path.
+            x = resize(x, [self.pre.size, self.pre.size], interpolation=_interp(self.pre.interpolation), antialias=True)
+        x = (x.float() - self.mean) / self.std
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels.index_select(0, index)

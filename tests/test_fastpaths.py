@@ -1,0 +1,130 @@
+"""Fast data paths: device-resident batches and cached-feature linear probing (issue 5).
+
+The fast paths must change speed only: the same images give the same tensors, a cached
+probe reaches the uncached probe's head weights, the backbone runs once per split, and a
+resumed epoch draws the same augmentation as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.config import RunConfig
+from core.data import load_splits
+from core.events import MessageLogged, RunFinished
+from core.fastdata import DeviceImages, decode_all, epoch_generator, random_crop_flip, random_crop_flip_params
+from core.train import train
+from core.transforms import Preprocessing, eval_transform
+
+CPU = torch.device("cpu")
+
+
+def _config(tmp_path, **changes) -> RunConfig:
+    base = RunConfig(
+        mode="linear-probe", backbone="resnet18", weights="none", dataset="demo", image_size=32, batch_size=64,
+        epochs=2, device="cpu", runs_dir=str(tmp_path / "runs"), seed=3,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def _finish(config: RunConfig) -> tuple[RunFinished, list[str]]:
+    events = list(train(config))
+    paths = [e.message for e in events if isinstance(e, MessageLogged) and "data path" in e.message]
+    assert isinstance(events[-1], RunFinished)
+    return events[-1], paths
+
+
+def test_cached_probe_reaches_the_uncached_head_weights(tmp_path):
+    cached, cached_paths = _finish(_config(tmp_path, name="cached"))
+    plain, plain_paths = _finish(_config(tmp_path, name="plain", cache_features=False))
+    assert cached_paths == ["stage probe: features data path"]
+    assert plain_paths == ["stage probe: device data path"]
+    a = load_file(f"{cached.run_dir}/model.safetensors")
+    b = load_file(f"{plain.run_dir}/model.safetensors")
+    assert not torch.equal(a["fc.weight"], torch.zeros_like(a["fc.weight"]))
+    torch.testing.assert_close(a["fc.weight"], b["fc.weight"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a["fc.bias"], b["fc.bias"], atol=1e-5, rtol=1e-4)
+    for key in a:  # the backbone, BatchNorm statistics included, is untouched by either path
+        if not key.startswith("fc."):
+            assert torch.equal(a[key], b[key]), key
+    assert cached.val_accuracy == pytest.approx(plain.val_accuracy, abs=0.011)
+
+
+def test_cached_probe_runs_the_backbone_once_per_split(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = {"n": 0}
+    real = torchvision.models.resnet.ResNet._forward_impl
+
+    def counting(self, x):
+        calls["n"] += x.shape[0]
+        return real(self, x)
+
+    monkeypatch.setattr(torchvision.models.resnet.ResNet, "_forward_impl", counting)
+    _finish(_config(tmp_path, epochs=3))
+    assert calls["n"] == 800 + 200  # train + validation images, once, not once per epoch
+
+
+def test_device_batches_equal_the_per_image_transform():
+    splits = load_splits("demo")
+    pre = Preprocessing(48, splits.mean, splits.std, "bilinear")
+    images, labels = decode_all(splits.val, pre.size, splits.native_size)
+    assert images.dtype == torch.uint8 and images.shape == (200, 3, 32, 32)
+    device_images = DeviceImages(images, labels, pre, CPU)
+    index = torch.tensor([0, 7, 150])
+    batch, batch_labels = device_images.batch(index)
+    tf = eval_transform(pre)
+    expected = torch.stack([tf(splits.val[i][0]) for i in index.tolist()])
+    torch.testing.assert_close(batch, expected, atol=1e-4, rtol=1e-4)
+    assert batch_labels.tolist() == [splits.val[i][1] for i in index.tolist()]
+
+
+def test_crop_flip_is_a_padded_crop_mirrored_half_the_time():
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(x, 2, torch.Generator().manual_seed(5))
+    oy, ox, flip = random_crop_flip_params(64, 2, CPU, torch.Generator().manual_seed(5))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(64):
+        crop = padded[i, :, oy[i]:oy[i] + 8, ox[i]:ox[i] + 8]
+        assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop)
+    assert 10 < int(flip.sum()) < 54
+
+
+def test_resumed_epoch_draws_the_same_augmentation():
+    images = torch.randint(0, 256, (50, 3, 16, 16), dtype=torch.uint8)
+    data = DeviceImages(images, torch.arange(50), Preprocessing(16, (0.5,) * 3, (0.25,) * 3), CPU)
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(1)).tolist()
+    full = list(data.batches(order, 8, "crop-flip", epoch_generator(CPU, 0, 2)))
+    resumed = list(data.batches(order, 8, "crop-flip", epoch_generator(CPU, 0, 2), skip_batches=3))
+    assert len(resumed) == len(full) - 3
+    for (a, la), (b, lb) in zip(full[3:], resumed):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_augmented_probe_trains_only_the_head(tmp_path):
+    finished, paths = _finish(_config(tmp_path, augment="crop-flip", epochs=1))
+    assert paths == ["stage probe: device data path"]
+    from core.models import build_model
+
+    torch.manual_seed(3)
+    fresh, _ = build_model("resnet18", 10, "none")
+    trained = load_file(f"{finished.run_dir}/model.safetensors")
+    for key, value in fresh.state_dict().items():
+        if key.startswith("fc."):
+            assert not torch.equal(value, trained[key])
+        else:
+            assert torch.equal(value, trained[key]), key
+
+
+def test_stream_and_device_paths_agree_on_a_finetune(tmp_path):
+    device, dpaths = _finish(_config(tmp_path, mode="finetune", augment="none", epochs=1, name="dev", data="device"))
+    stream, spaths = _finish(_config(tmp_path, mode="finetune", augment="none", epochs=1, name="stream", data="stream"))
+    assert dpaths == ["stage finetune: device data path"] and spaths == ["stage finetune: stream data path"]
+    a = load_file(f"{device.run_dir}/model.safetensors")
+    b = load_file(f"{stream.run_dir}/model.safetensors")
+    # Inputs agree to ~1e-7 (scale-then-normalise vs normalise in 0-255 units); 13 SGD steps amplify that.
+    torch.testing.assert_close(a["fc.weight"], b["fc.weight"], atol=1e-3, rtol=1e-2)
