@@ -68,17 +68,24 @@ def decode_all(dataset: Any, image_size: int, native_size: int | None) -> tuple[
         return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
     from torchvision.transforms import v2
 
+    from concurrent.futures import ThreadPoolExecutor
+
     to_image = v2.ToImage()
     side = native_size
-    images: list[torch.Tensor] = []
-    labels: list[int] = []
-    for i in range(len(dataset)):
+
+    def load(i: int) -> tuple[torch.Tensor, int]:
         img, label = dataset[i]
         t = to_image(img)
         if side is None or t.shape[-2:] != (side, side):
             t = v2.functional.resize(t, [image_size, image_size], antialias=True)
-        images.append(t)
-        labels.append(int(label))
+        return t, int(label)
+
+    # Pillow releases the GIL while decoding, so threads decode in parallel.
+    threads = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pairs = list(pool.map(load, range(len(dataset)), chunksize=64))
+    images = [t for t, _ in pairs]
+    labels = [label for _, label in pairs]
     if native_size is not None and any(t.shape[-1] != native_size for t in images):
         images = [t if t.shape[-1] == image_size else v2.functional.resize(t, [image_size, image_size], antialias=True) for t in images]
     return torch.stack(images), torch.tensor(labels)
