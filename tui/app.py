@@ -15,12 +15,11 @@ import signal
 import traceback
 from typing import Any, Callable, Iterable, Iterator
 
-from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Input
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 
 from core.config import ConfigError, RunConfig
 from tui.screens.classify import ClassifyScreen
@@ -204,16 +203,16 @@ class Workbench(App[None]):
 
     # -- errors and the palette -------------------------------------------------------------
 
-    @on(Worker.StateChanged)
-    def _worker_failed(self, event: Worker.StateChanged) -> None:
-        if event.state != WorkerState.ERROR:
-            return
-        error = event.worker.error
+    def worker_failed(self, worker: Worker[Any]) -> None:
+        """The one place a failed worker is reported (``Worker.StateChanged`` does not bubble,
+        so each screen's handler calls this): a user's error as a one-line notification, any
+        other as a screen with its traceback."""
+        error = worker.error
         if is_user_error(error):
             self.notify(str(error), title="cannot run", severity="error", timeout=12)
         elif error is not None:
             text = "".join(traceback.format_exception(error))
-            self.push_screen(ErrorScreen(f"{event.worker.name} failed: {type(error).__name__}: {error}", text))
+            self.push_screen(ErrorScreen(f"{worker.name} failed: {type(error).__name__}: {error}", text))
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         for mode, label in (("setup", "Set-up"), ("training", "Training"), ("evaluate", "Evaluate"), ("classify", "Classify"), ("runs", "Runs")):

@@ -8,7 +8,20 @@ Exit codes: 0 success; 1 an unexpected error (traceback on stderr); 2 a usage er
 option or value, unknown model or dataset); 3 data or weights unavailable (a download
 failed, a file is unreadable); 4 the run stopped early on a signal (SIGINT, SIGTERM or
 SIGHUP) after saving a checkpoint; 5 ``classify`` could not read some images (each is
-named on stderr; the others were classified); 130 a second Ctrl+C ended it at once.
+named on stderr; the others were classified); 6 the loss became NaN or infinite (the run
+stopped; its last good checkpoint is kept); 7 the device ran out of memory (the message
+names the batch size and one to try); 8 a checkpoint or run file could not be written (disk
+full, file-size limit, read-only folder; the previous checkpoint is intact); 130 a second
+Ctrl+C ended it at once. ``check-data`` exits 3 when some images cannot be read.
+
+Resuming: ``tlwork run --resume RUN`` (a run directory, or a run name under ``--runs-dir``)
+continues a stopped, killed or failed run in its own directory from ``checkpoint-last``,
+with the settings in its config.json: the same sample order, stage, learning-rate schedule
+and RNG states, so on the CPU it ends with the same weights, bit for bit, as a run that was
+never interrupted. Only options that cannot change a healthy run's result may be given
+with ``--resume`` (``--device --workers --checkpoint-every --skip-nonfinite --max-nonfinite
+--strict --runs-dir --json``); any other is refused with exit code 2. A finished run, one
+still training (its lock is held) or one with no checkpoint yet cannot be resumed.
 """
 
 from __future__ import annotations
@@ -17,7 +30,7 @@ import json
 import signal
 import sys
 import threading
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
@@ -25,6 +38,9 @@ from core import registry
 from core.config import ConfigError, RunConfig
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_NONFINITE, EXIT_OUT_OF_MEMORY, EXIT_WRITE_FAILED = 6, 7, 8
+FAULT_EXITS = {"nonfinite": EXIT_NONFINITE, "oom": EXIT_OUT_OF_MEMORY, "write": EXIT_WRITE_FAILED}
+"""Exit codes of ``core.faults.RunFault`` kinds."""
 
 app = typer.Typer(
     name="tlwork",
@@ -62,7 +78,10 @@ def consume(events: Iterator[Any], as_json: bool) -> Any:
             last = event
     except ConfigError as exc:
         renderer.close()
-        raise fail(str(exc), EXIT_UNAVAILABLE if isinstance(exc, _unavailable_types()) else EXIT_USAGE) from None
+        code = FAULT_EXITS.get(getattr(exc, "kind", ""))
+        if code is None:
+            code = EXIT_UNAVAILABLE if isinstance(exc, _unavailable_types()) else EXIT_USAGE
+        raise fail(str(exc), code) from None
     except _unavailable_types() as exc:
         renderer.close()
         raise fail(str(exc), EXIT_UNAVAILABLE) from None
@@ -91,15 +110,41 @@ class SignalStop:
             raise KeyboardInterrupt
         self.signal = signum
         self.event.set()
-        typer.echo(
-            f"tlwork: {signal.Signals(signum).name}: stopping after this batch and saving a checkpoint"
-            + (" (Ctrl+C again to quit at once)" if signum == signal.SIGINT else ""),
-            err=True,
-        )
+        if signum == signal.SIGHUP:
+            _detach_terminal()
+        try:
+            typer.echo(
+                f"tlwork: {signal.Signals(signum).name}: stopping after this batch and saving a checkpoint"
+                + (" (Ctrl+C again to quit at once)" if signum == signal.SIGINT else ""),
+                err=True,
+            )
+        except OSError:  # the terminal is gone: the checkpoint matters more than the message
+            pass
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+
+
+def _detach_terminal() -> None:
+    """After a hang-up, point stdout and stderr that were a terminal at /dev/null.
+
+    Writing to a terminal whose SSH session is gone fails (EIO); the run must still get to
+    its checkpoint, so its progress output goes nowhere instead.
+    """
+    import os
+
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                os.dup2(null, fd)
+        except OSError:
+            pass
+    os.close(null)
 
 
 def _choice_help(choices: tuple[registry.Choice, ...]) -> str:
@@ -121,6 +166,7 @@ def main_callback(ctx: typer.Context) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     mode: str = typer.Option("linear-probe", help=_choice_help(registry.MODES)),
     backbone: str = typer.Option("resnet18", help=_choice_help(registry.BACKBONES) + "; or timm:NAME, hf:ID_OR_PATH"),
     weights: str = typer.Option("imagenet", help="imagenet (download once, then cached), none (random), or PATH to .safetensors / state dict"),
@@ -137,7 +183,10 @@ def run(
     momentum: float = typer.Option(0.9, help="SGD momentum"),
     weight_decay: float = typer.Option(0.0, help="weight decay"),
     label_smoothing: float = typer.Option(0.0, help="cross-entropy label smoothing in [0, 1)"),
-    batch_size: int = typer.Option(256, help="images per batch"),
+    batch_size: str = typer.Option(
+        "256", help="images per batch, or auto: the largest that fits in GPU memory (doubled until out of memory, "
+        "then binary search, as Lightning does; at most 64 off CUDA)"
+    ),
     image_size: int = typer.Option(224, help="input size in pixels (images are resized to a square)"),
     normalize: str = typer.Option("dataset", help=_choice_help(registry.NORMALIZATIONS)),
     step_size: int = typer.Option(5, help="step scheduler: epochs between decays"),
@@ -152,20 +201,77 @@ def run(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
     runs_dir: str = typer.Option("runs", help="where run directories are written"),
     name: Optional[str] = typer.Option(None, help="run directory name (default: time-backbone-mode)"),
+    checkpoint_every: int = typer.Option(0, help="also write checkpoint-last every N batches (0: at each epoch's end only)"),
+    skip_nonfinite: bool = typer.Option(
+        False, "--skip-nonfinite", help="skip batches whose loss is NaN or infinite (up to --max-nonfinite) instead of stopping"
+    ),
+    max_nonfinite: int = typer.Option(10, help="with --skip-nonfinite: stop once more batches than this were skipped"),
+    strict: bool = typer.Option(False, "--strict", help="stop on the first unreadable image instead of skipping it"),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", metavar="RUN",
+        help="continue run RUN (a directory, or a name under --runs-dir) from its last checkpoint with its saved settings; "
+        "only --device --workers --checkpoint-every --skip-nonfinite --max-nonfinite --strict may be given with it",
+    ),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per event per line"),
 ) -> None:
-    """Train a backbone on a dataset: linear probe, fine-tune, partial, or probe-then-finetune."""
+    """Train a backbone on a dataset: linear probe, fine-tune, partial, or probe-then-finetune.
+
+    Ctrl+C, SIGTERM or SIGHUP finish the batch, save a checkpoint and exit 4; a second
+    Ctrl+C exits 130 at once. Continue such a run (or a killed one) with --resume RUN.
+
+    Exit codes: 0 finished; 2 bad option; 3 data or weights unavailable (or an unreadable
+    image with --strict); 4 stopped on a signal, checkpoint saved; 6 loss became NaN or
+    infinite; 7 out of memory; 8 checkpoint could not be written (disk full); 130 second
+    Ctrl+C. After 6, 7 and 8 the last good checkpoint is kept.
+    """
     values = dict(locals())
-    values.pop("as_json")
+    for key in ("as_json", "resume", "ctx"):
+        values.pop(key, None)
+    values["batch_size"] = _batch_size(batch_size)
+    if resume is not None:
+        _train_until_done(_resume_events(ctx, resume, runs_dir, values), as_json)
+        return
     try:
         config = RunConfig(**values).resolved()
     except ConfigError as exc:
         raise fail(str(exc)) from None
     from core.train import train
 
+    _train_until_done(lambda stop: train(config, stop=stop), as_json)
+
+
+def _batch_size(text: str) -> int | str:
+    """``--batch-size``: a whole number or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise fail(f"--batch-size must be a whole number or auto (got {text!r})") from None
+
+
+def _resume_events(
+    ctx: typer.Context, ref: str, runs_dir: str, values: dict[str, Any]
+) -> Callable[[threading.Event], Iterator[Any]]:
+    """The engine's events for ``--resume`` (given a stop event), refusing options that would change the run."""
+    from core.resume import RESUME_OVERRIDES, resume
+
+    sources = {name: ctx.get_parameter_source(name) for name in values}
+    given = {name for name, source in sources.items() if source is not None and source.name != "DEFAULT"}
+    refused = sorted(given - set(RESUME_OVERRIDES) - {"runs_dir"})
+    if refused:
+        flags = ", ".join("--" + n.replace("_", "-") for n in refused)
+        raise fail(f"--resume continues a run with its own settings; drop {flags} (allowed: "
+                   + ", ".join("--" + n.replace("_", "-") for n in RESUME_OVERRIDES) + ")")
+    overrides = {name: values[name] for name in given & set(RESUME_OVERRIDES)}
+    return lambda stop: resume(ref, runs_dir=runs_dir, overrides=overrides, stop=stop)
+
+
+def _train_until_done(make_events: Callable[[threading.Event], Iterator[Any]], as_json: bool) -> None:
+    """Run a training generator under ``SignalStop`` and map how it ended to an exit code."""
     with SignalStop() as stopper:
         try:
-            last = consume(train(config, stop=stopper.event), as_json)
+            last = consume(make_events(stopper.event), as_json)
         except KeyboardInterrupt:
             typer.echo("tlwork: interrupted", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -298,6 +404,8 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="JSON lines")) 
 from tui.classify_cmd import classify as _classify  # noqa: E402 - imports neither torch nor transformers
 
 app.command("classify")(_classify)
+from tui.checkdata_cmd import check_data as _check_data  # noqa: E402 - imports no torch
+app.command("check-data")(_check_data)
 
 
 def main() -> None:

@@ -201,4 +201,5 @@ class ClassifyScreen(Screen[None]):
             return
         self.apply(self.pump.drain())
         if event.state == WorkerState.ERROR:
+            self.app.worker_failed(event.worker)
             self.query_one("#top-k", ProbabilityBars).set_message(f"failed: {event.worker.error}")

@@ -162,6 +162,7 @@ class EvaluateScreen(Screen[None]):
         self.apply(self.pump.drain())
         self.set_class(False, "-running")
         if event.state == WorkerState.ERROR:
+            self.app.worker_failed(event.worker)
             self.query_one("#eval-summary", Static).update(f"[b red]failed:[/] {escape(str(event.worker.error))}")
         self.refresh_bindings()
 

@@ -185,11 +185,11 @@ class SetupScreen(Screen[None]):
             return True if self.config is not None else None
         return True
 
-    def action_start(self) -> None:
+    async def action_start(self) -> None:
         if self.config is None:
             self.notify(self.problem or "the settings are incomplete", severity="error")
             return
-        self.app.start_run(self.config)
+        await self.app.start_run(self.config)
 
     def action_demo(self) -> None:
         """The offline demo: shipped images, random weights, 32 px, one epoch."""
@@ -197,5 +197,5 @@ class SetupScreen(Screen[None]):
         self.load_config(replace(current, **DEMO))
 
     @on(Button.Pressed, "#start")
-    def _start_pressed(self) -> None:
-        self.action_start()
+    async def _start_pressed(self) -> None:
+        await self.action_start()

@@ -267,6 +267,7 @@ class TrainingScreen(Screen[None]):
             self._timer.stop()
             self._timer = None
         if event.state == WorkerState.ERROR:
+            self.app.worker_failed(event.worker)
             error = event.worker.error
             self.outcome = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
             self.state = "failed"

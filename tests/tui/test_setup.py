@@ -1,0 +1,132 @@
+"""The set-up screen: registry menus, inline validation, the live command line, Start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.widgets import Input, Select, Static
+
+from core import registry
+from core.config import RunConfig
+from tui.screens.setup import SetupScreen
+from tui.widgets.fields import ChoiceField
+from tui_fixtures import ScriptedEngine, make_test_app, wait_for
+
+
+def command_line(app) -> str:  # type: ignore[no-untyped-def]
+    return str(app.screen.query_one("#command-line", Static).render())
+
+
+async def test_menus_come_from_the_registries_with_descriptions(workspace: Path) -> None:
+    app = make_test_app()
+    async with app.run_test(size=(110, 34)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, SetupScreen)
+        for ident, choices in (("dataset", registry.DATASETS), ("mode", registry.MODES), ("augment", registry.AUGMENTATIONS),
+                               ("scheduler", registry.SCHEDULERS), ("device", registry.DEVICES)):
+            field = screen.query_one(f"#{ident}", ChoiceField)
+            assert [c.name for c in field.choices] == registry.names(choices)
+        # Keyboard only: the dataset menu has focus; open it, type to search, pick.
+        await pilot.press("enter", "D", "enter")
+        await pilot.pause()
+        assert screen.field("dataset").value == "demo"
+        description = str(screen.query_one("#dataset .choice-field--description", Static).render())
+        assert description == registry.find(registry.DATASETS, "demo").description  # type: ignore[union-attr]
+        assert "--dataset demo" in command_line(app)
+
+
+async def test_demo_preset_and_start_from_the_keyboard(workspace: Path) -> None:
+    engine = ScriptedEngine()
+    app = make_test_app(engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        expected = RunConfig(dataset="demo", weights="none", image_size=32, batch_size=64, epochs=1)
+        assert command_line(app) == expected.command_line()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.training.state == "finished")
+        assert app.screen.id == "training"
+        (config,) = engine.calls
+        assert (config.dataset, config.weights, config.image_size, config.batch_size, config.epochs) == ("demo", "none", 32, 64, 1)
+        assert config.runs_dir == "runs"
+
+
+async def test_invalid_number_blocks_start_with_a_message(workspace: Path) -> None:
+    engine = ScriptedEngine()
+    app = make_test_app(engine)
+    async with app.run_test(size=(110, 34)) as pilot:
+        screen = app.screen
+        box = screen.query_one("#batch-size", Input)
+        box.focus()
+        await pilot.press("ctrl+u", "0")
+        await pilot.pause()
+        assert box.has_class("-invalid")
+        assert "batch size must be a whole number of at least 1" in str(screen.query_one("#setup-error", Static).render())
+        assert screen.config is None
+        assert screen.check_action("start", ()) is None  # shown greyed in the footer
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert engine.calls == [] and app.screen is screen
+        await pilot.press("backspace", "3", "2")
+        await pilot.pause()
+        assert screen.config is not None and screen.config.batch_size == 32
+        assert "--batch-size 32" in command_line(app)
+
+
+async def test_command_line_follows_every_change(workspace: Path) -> None:
+    app = make_test_app()
+    async with app.run_test(size=(110, 34)) as pilot:
+        screen = app.screen
+        screen.query_one("#epochs", Input).focus()
+        await pilot.press("ctrl+u", "7", "tab", "3", "e", "-", "4")
+        await pilot.pause()
+        assert screen.config is not None
+        assert (screen.config.epochs, screen.config.lr) == (7, 3e-4)
+        assert command_line(app) == screen.config.command_line()
+        assert "--epochs 7" in command_line(app) and "--lr 0.0003" in command_line(app)
+
+
+async def test_probe_then_finetune_asks_for_probe_epochs(workspace: Path) -> None:
+    app = make_test_app()
+    async with app.run_test(size=(110, 34)) as pilot:
+        screen = app.screen
+        probe = screen.query_one("#probe-epochs", Input)
+        assert not probe.display
+        screen.field("mode").set_value("probe-then-finetune")
+        await pilot.pause()
+        assert probe.display
+        assert "for probe-then-finetune: Crop + flip" in str(screen.query_one("#augment .choice-field--description", Static).render())
+        probe.value = "2"
+        await pilot.pause()
+        assert screen.config is not None and screen.config.probe_epochs == 2
+        assert screen.config.total_epochs == 7
+
+
+async def test_prefix_choice_reveals_a_text_box(workspace: Path) -> None:
+    app = make_test_app()
+    async with app.run_test(size=(110, 34)) as pilot:
+        screen = app.screen
+        backbone = screen.field("backbone")
+        rest = backbone.query_one(Input)
+        assert not rest.display
+        backbone.query_one(Select).value = "timm:"
+        await pilot.pause()
+        assert rest.display
+        assert screen.config is None and "names no model" in screen.problem
+        rest.focus()
+        await pilot.press(*"resnet10t")
+        await pilot.pause()
+        assert screen.config is not None and screen.config.backbone == "timm:resnet10t"
+        assert "--backbone timm:resnet10t" in command_line(app)
+
+
+async def test_load_config_fills_the_form(workspace: Path) -> None:
+    config = RunConfig(mode="finetune", backbone="hf:./vit", weights="/tmp/w.safetensors", dataset="imagefolder:./pics",
+                       augment="randaugment", scheduler="cosine", epochs=9, lr=0.01, batch_size=8, image_size=64, seed=3)
+    app = make_test_app()
+    async with app.run_test(size=(110, 34)) as pilot:
+        await app.new_run_from(config)
+        await pilot.pause()
+        loaded = app.screen.config
+        assert loaded is not None
+        assert loaded.command_line() == config.command_line()
