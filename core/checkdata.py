@@ -16,7 +16,6 @@ import hashlib
 import io
 import os
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,8 +90,10 @@ class _FileInfo:
 
 
 def inspect_file(path: str) -> _FileInfo:
-    """Hash and fully decode one file (call with decompression-bomb warnings turned into errors)."""
+    """Hash and fully decode one file (a decompression bomb is refused before decoding)."""
     from PIL import Image
+
+    from core.data import refuse_bomb
 
     try:
         data = Path(path).read_bytes()
@@ -104,8 +105,7 @@ def inspect_file(path: str) -> _FileInfo:
     try:
         with Image.open(io.BytesIO(data)) as img:
             mode = img.mode
-            if img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
-                raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels is over the limit of {Image.MAX_IMAGE_PIXELS}")
+            refuse_bomb(img)
             img.load()
     except Exception as exc:  # every decoder error is a finding, not a crash
         return _FileInfo(digest, None, classify_image_error(path, exc))
@@ -157,19 +157,14 @@ def check_dataset(
     done = 0
     workers = threads or min(8, os.cpu_count() or 1)
     paths = [path for _, _, files, _ in scanned for path, _ in files]
-    with warnings.catch_warnings():
-        # Set once here, not per file: the filter list is process-wide, and threads share it.
-        from PIL import Image
-
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with ThreadPoolExecutor(workers) as pool:
-            for path, info in zip(paths, pool.map(inspect_file, paths)):
-                infos[path] = info
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-                if stop is not None and stop.is_set():
-                    break
+    with ThreadPoolExecutor(workers) as pool:
+        for path, info in zip(paths, pool.map(inspect_file, paths)):
+            infos[path] = info
+            done += 1
+            if progress is not None:
+                progress(done, total)
+            if stop is not None and stop.is_set():
+                break
     splits = []
     for name, folder, files, classes in scanned:
         report = SplitReport(name, str(folder), len(files), {c: 0 for c in classes})

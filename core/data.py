@@ -78,14 +78,27 @@ def open_rgb(path: str | Path) -> Image.Image:
     never a warning, and is refused before its pixels are decoded; a truncated file is an
     error too (Pillow's ``LOAD_TRUNCATED_IMAGES`` stays off).
     """
-    # Pillow only warns between MAX_IMAGE_PIXELS and twice that; tlwork never decodes such a file.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "P" and "transparency" in img.info:
-                return img.convert("RGBA").convert("RGB")
-            return img.convert("RGB")
+    with Image.open(path) as img:
+        refuse_bomb(img)
+        img.load()
+        if img.mode == "P" and "transparency" in img.info:
+            return img.convert("RGBA").convert("RGB")
+        return img.convert("RGB")
+
+
+# Pillow only warns between MAX_IMAGE_PIXELS and twice that. tlwork's policy is an error, set
+# once for the process (a filter changed per call would race between decoding threads), and
+# checked again by ``refuse_bomb`` in case something resets the filters.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def refuse_bomb(img: Image.Image) -> None:
+    """Raise ``DecompressionBombError`` for an opened image over ``Image.MAX_IMAGE_PIXELS``."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        raise Image.DecompressionBombError(
+            f"{img.width}x{img.height} = {img.width * img.height} pixels is over the limit of {limit}"
+        )
 
 
 IMAGE_FAULTS = ("zero-byte", "truncated", "too-large", "unreadable")
@@ -115,14 +128,12 @@ def quick_check(path: str) -> tuple[str, str] | None:
 
     Reads the header (catching empty files, non-images and decompression bombs) and, for JPEG
     and PNG, the end-of-image marker (catching truncation); other formats, and files whose
-    marker is missing, are decoded fully to be sure. Call it with Pillow's
-    ``DecompressionBombWarning`` turned into an error (``screen_images`` does).
+    marker is missing, are decoded fully to be sure.
     """
     try:
         with Image.open(path) as img:
             fmt = img.format
-            if img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
-                raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels is over the limit of {Image.MAX_IMAGE_PIXELS}")
+            refuse_bomb(img)
             if fmt in _END_MARKERS:
                 with open(path, "rb") as fh:
                     fh.seek(max(0, os.path.getsize(path) - 64))
@@ -142,11 +153,8 @@ def screen_images(samples: list[tuple[str, int]], threads: int | None = None) ->
     from concurrent.futures import ThreadPoolExecutor
 
     paths = [path for path, _ in samples]
-    with warnings.catch_warnings():
-        # Once, around the pool: the warnings filter list is process-wide and threads share it.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-            results = list(pool.map(quick_check, paths))
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(quick_check, paths))
     kept = [sample for sample, bad in zip(samples, results) if bad is None]
     left = [(path, *bad) for path, bad in zip(paths, results) if bad is not None]
     return kept, left
