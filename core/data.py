@@ -123,18 +123,19 @@ def classify_image_error(path: str | Path, exc: BaseException) -> tuple[str, str
     return "unreadable", f"corrupt ({type(exc).__name__}: {text})"
 
 
-def quick_check(path: str) -> tuple[str, str] | None:
-    """(kind, reason) when ``path`` is plainly not a usable image, else None; cheap for JPEG and PNG.
+def quick_check(path: str, full: bool = False) -> tuple[str, str] | None:
+    """(kind, reason) when ``path`` is not a usable image, else None.
 
-    Reads the header (catching empty files, non-images and decompression bombs) and, for JPEG
-    and PNG, the end-of-image marker (catching truncation); other formats, and files whose
-    marker is missing, are decoded fully to be sure.
+    ``full`` decodes the whole image. Otherwise the check is cheap for JPEG and PNG: it reads
+    the header (catching empty files, non-images and decompression bombs) and the
+    end-of-image marker (catching truncation); other formats, and files whose marker is
+    missing, are decoded fully to be sure.
     """
     try:
         with Image.open(path) as img:
             fmt = img.format
             refuse_bomb(img)
-            if fmt in _END_MARKERS:
+            if fmt in _END_MARKERS and not full:
                 with open(path, "rb") as fh:
                     fh.seek(max(0, os.path.getsize(path) - 64))
                     if _END_MARKERS[fmt] in fh.read().rstrip(b"\0\r\n "):
@@ -146,15 +147,20 @@ def quick_check(path: str) -> tuple[str, str] | None:
 
 
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
+FULL_CHECK_LIMIT = 20_000
+"""Folders with at most this many images are decoded in full before training (a few seconds);
+larger ones get the cheap check, and the streaming loader skips what fails later."""
 
 
 def screen_images(samples: list[tuple[str, int]], threads: int | None = None) -> tuple[list[tuple[str, int]], list[tuple[str, str, str]]]:
     """(usable samples, [(path, kind, reason)] left out), checking files in a few threads."""
     from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
 
     paths = [path for path, _ in samples]
+    check = partial(quick_check, full=len(paths) <= FULL_CHECK_LIMIT)
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        results = list(pool.map(quick_check, paths))
+        results = list(pool.map(check, paths))
     kept = [sample for sample, bad in zip(samples, results) if bad is None]
     left = [(path, *bad) for path, bad in zip(paths, results) if bad is not None]
     return kept, left
