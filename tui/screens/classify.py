@@ -43,9 +43,18 @@ from tui.widgets.prob_bars import ProbabilityBars
 TOP_K = 5
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the working folder when inside it (short, and what a user types)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 class ClassifyScreen(Screen[None]):
     """Classify image files with a trained model."""
 
+    AUTO_FOCUS = "#image-path"
     BINDINGS = [
         Binding("ctrl+r", "classify", "Classify"),
         Binding("ctrl+l", "focus_path", "Path box"),
@@ -98,14 +107,15 @@ class ClassifyScreen(Screen[None]):
 
     @on(DirectoryTree.FileSelected)
     def _file_selected(self, event: DirectoryTree.FileSelected) -> None:
-        self.query_one("#image-path", Input).value = str(event.path)
-        self.classify([str(event.path)])
+        path = shown_path(event.path)
+        self.query_one("#image-path", Input).value = path
+        self.classify([path])
 
     @on(DirectoryTree.NodeHighlighted)
     def _node_highlighted(self, event: DirectoryTree.NodeHighlighted) -> None:
         entry = event.node.data
         if entry is not None and entry.path.is_file() and is_image(entry.path):
-            self.show(str(entry.path))
+            self.show(shown_path(entry.path))
 
     @on(Input.Submitted, "#image-path")
     def _path_submitted(self, event: Input.Submitted) -> None:

@@ -322,11 +322,11 @@ class TrainingScreen(Screen[None]):
         self._show_state()
         self.refresh_bindings()
 
-    def action_evaluate(self) -> None:
-        self.app.open_evaluate(self.run_dir)
+    async def action_evaluate(self) -> None:
+        await self.app.open_evaluate(self.run_dir)
 
-    def action_classify(self) -> None:
-        self.app.open_classify(self.run_dir)
+    async def action_classify(self) -> None:
+        await self.app.open_classify(self.run_dir)
 
-    def action_new_run(self) -> None:
-        self.app.switch_mode("setup")
+    async def action_new_run(self) -> None:
+        await self.app.switch_mode("setup")
