@@ -16,13 +16,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import TINY_BACKBONE, FinishedRun
 from core.bundle import bundle_dir, load_bundle, read_meta, save_bundle
 from core.config import ConfigError
 from core.evaluate import evaluate
 from core.events import EvaluationEnded
 from core.models import WeightsUnavailable, build_model
 from core.transforms import Preprocessing
+from tinydata import TINY_BACKBONE, FinishedRun
 
 
 def scored(events: object) -> EvaluationEnded:

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import REPO_ROOT, FinishedRun
+from tinydata import REPO_ROOT, FinishedRun
 from core.classify import classify
 from core.config import ConfigError
 from core.data import DEMO_DIR

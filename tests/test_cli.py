@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TINY_BACKBONE, FinishedRun
 from core import registry
+from tinydata import TINY_BACKBONE, FinishedRun
 from tui.cli import app
 
 DEMO_ARGS = ["--mode", "finetune", "--dataset", "demo", "--weights", "none", "--image-size", "32", "--epochs", "1"]
@@ -246,7 +246,7 @@ def test_a_malformed_number_is_a_usage_error() -> None:
 
 @pytest.mark.parametrize("layout", ["empty", "single-class"])
 def test_unusable_image_folders_exit_3(layout: str, tmp_path: Path) -> None:
-    from conftest import make_image_folder
+    from tinydata import make_image_folder
 
     root = tmp_path / "d"
     if layout == "empty":

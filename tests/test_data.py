@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image_folder
 from core.data import DataError, load_splits, stratified_split, targets_of
+from tinydata import make_image_folder
 
 
 def per_class(dataset: object) -> dict[int, int]:

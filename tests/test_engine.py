@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FinishedRun
 from core import events as ev
 from core.checkpoint import load_model_state, read_checkpoint
 from core.config import RunConfig
 from core.models import build_model, count_params
 from core.runs import read_metrics
 from core.train import train
+from tinydata import FinishedRun
 
 
 def shape(events: Iterable[Any]) -> list[str]:

@@ -16,12 +16,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import TINY_BACKBONE
 from core.config import RunConfig
 from core.freeze import freeze, train_mode, trainable_parameters
 from core.models import ModelInfo, build_model
 from core.schedule import make_optimizer
 from core.train import train
+from tinydata import TINY_BACKBONE
 
 BACKBONES = ["resnet18", TINY_BACKBONE]
 

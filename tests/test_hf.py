@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CIFAR10_CLASSES, REPO_ROOT, make_image_folder, save_tiny_vit
+from tinydata import CIFAR10_CLASSES, REPO_ROOT, make_image_folder, save_tiny_vit
 from core.config import ConfigError, RunConfig
 from core.events import BatchEnded, EvaluationEnded, RunFinished
 from core.evaluate import evaluate
