@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -91,23 +90,21 @@ def image_error(path: str, exc: BaseException) -> str:
 
 
 def read_image(path: str, exif_orientation: bool = False) -> Any:
-    """The file as an RGB PIL image; a decompression-bomb warning is an error, never decoded.
+    """The file as an RGB PIL image; a possible decompression bomb is refused, never decoded.
 
     ``exif_orientation=False`` decodes as training and evaluation do (``core.data.open_rgb``);
     True also applies the EXIF orientation, as transformers' ``load_image`` does.
     """
     from PIL import Image, ImageOps
 
-    from core.data import open_rgb
+    from core.data import open_rgb, refuse_bomb  # core.data also makes Pillow's bomb warning an error
 
-    with warnings.catch_warnings():
-        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; tlwork refuses such files.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        if not exif_orientation:
-            return open_rgb(path)
-        with Image.open(path) as img:
-            img.load()
-            return ImageOps.exif_transpose(img).convert("RGB")
+    if not exif_orientation:
+        return open_rgb(path)
+    with Image.open(path) as img:
+        refuse_bomb(img)
+        img.load()
+        return ImageOps.exif_transpose(img).convert("RGB")
 
 
 class _Files:
