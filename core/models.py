@@ -132,6 +132,8 @@ def _build_timm(name: str, num_classes: int, weights: str) -> tuple[nn.Module, M
 
     if not timm.is_model(name):
         raise ConfigError(f"unknown timm model {name!r}; list them with python -c \"import timm; print(timm.list_models('*{name[:6]}*'))\"")
+    if weights == "imagenet":
+        _check_timm_weights_reachable(name)
     try:
         model = timm.create_model(name, pretrained=weights == "imagenet", num_classes=num_classes)
     except Exception as exc:
@@ -157,6 +159,31 @@ def _build_timm(name: str, num_classes: int, weights: str) -> tuple[nn.Module, M
     if weights not in ("imagenet", "none"):
         info.fresh_head = not _load_into(model, read_state_dict(weights), info.head, source=weights)
     return model, info
+
+
+def _check_timm_weights_reachable(name: str) -> None:
+    """Fail at once when timm's weights are not cached and the Hub cannot be reached.
+
+    Without this, huggingface_hub retries each candidate file with backoff: about a minute
+    of retry messages before the error on a machine with no network.
+    """
+    import timm
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from core.hf import _hub_reachable
+
+    repo = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+    if not repo:
+        return  # weights come from a plain URL; timm's own download reports its failure
+    files = ("model.safetensors", "pytorch_model.bin")
+    if any(isinstance(try_to_load_from_cache(repo, f), str) for f in files):
+        return
+    if constants.is_offline_mode() or not _hub_reachable():
+        raise WeightsUnavailable(
+            f"could not download ImageNet weights for timm:{name}: the Hugging Face Hub cannot be reached and "
+            f"{constants.HF_HUB_CACHE} holds no copy; download {constants.ENDPOINT}/{repo}/resolve/main/model.safetensors "
+            "and pass it as --weights PATH, or run once with network access to fill the cache"
+        )
 
 
 def _hf_cache_hint(repo_id: str) -> str:
