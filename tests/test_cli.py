@@ -288,6 +288,25 @@ def test_imagenet_weights_that_cannot_be_downloaded_exit_3_naming_file_and_cache
     assert not (tmp_path / "runs").exists()  # no silent fallback to random weights
 
 
+def test_timm_weights_that_cannot_be_downloaded_exit_3_at_once(tiny_folder: Path, tmp_path: Path) -> None:
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from core.hf import _hub_reachable
+
+    repo = "timm/test_resnet.r160_in1k"
+    if isinstance(try_to_load_from_cache(repo, "model.safetensors"), str) or _hub_reachable():
+        pytest.skip("the weights are cached or the Hugging Face Hub is reachable here")
+    result = invoke(
+        "run", "--dataset", f"imagefolder:{tiny_folder}", "--backbone", TINY_BACKBONE, "--weights", "imagenet",
+        "--runs-dir", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    message = one_line_error(result)
+    assert str(constants.HF_HUB_CACHE) in message and f"{repo}/resolve/main/model.safetensors" in message
+    assert "Retrying" not in result.stderr  # no minute of backoff before the answer
+    assert not (tmp_path / "runs").exists()
+
+
 def test_eval_of_something_that_is_not_a_model_exits_2(tmp_path: Path) -> None:
     result = invoke("eval", str(tmp_path / "nothing"), "--runs-dir", str(tmp_path))
     assert result.exit_code == 2
