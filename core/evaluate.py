@@ -126,7 +126,10 @@ def evaluate(
         data, split, dataset = splits.val, "validation", run_config.dataset
     else:
         splits = load_splits(dataset, data_dir, run_config.val_split if run_config else 0.1, run_config.seed if run_config else 0)
-        data, split = splits.test, "test" if splits.val_source == "test" else "held-out"
+        if splits.val_source == "test":
+            data, split = splits.test, "test"
+        else:  # no test/ or val/ folder: score every image of it (a held-out slice would hide most)
+            data, split = getattr(splits.test, "base", splits.test), "all"
     label_map = class_mapping(splits.class_names, clf.class_names, dataset)
     bs = batch_size or (run_config.batch_size if run_config else 64)
     loader = make_loader(data, clf.preprocessing, bs, dev, workers, clf.transform)

@@ -22,7 +22,7 @@ from core.evaluate import evaluate
 from core.events import EvaluationEnded
 from core.models import WeightsUnavailable, build_model
 from core.transforms import Preprocessing
-from tinydata import TINY_BACKBONE, FinishedRun
+from tinydata import TINY_BACKBONE, FinishedRun, make_image_folder
 
 
 def scored(events: object) -> EvaluationEnded:
@@ -93,6 +93,13 @@ def test_last_and_a_run_name_resolve_to_the_same_model(finished_run: FinishedRun
 def test_evaluating_on_a_named_dataset_scores_its_test_split(finished_run: FinishedRun) -> None:
     result = scored(evaluate(str(finished_run.run_dir), finished_run.config.dataset, device="cpu"))
     assert result.split == "test" and result.top1 == finished_run.finished.val_accuracy
+
+
+def test_evaluating_on_a_folder_without_a_test_split_scores_all_of_it(finished_run: FinishedRun, tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "holdout", layout="flat", train=5, seed=9)
+    result = scored(evaluate(str(finished_run.run_dir), f"imagefolder:{folder}", device="cpu"))
+    assert (result.split, result.images) == ("all", 15)
+    assert result.class_names == ("checks", "circle", "stripes")
 
 
 # --weights PATH
