@@ -78,6 +78,7 @@ class RunConfig:
     # Fast paths (issue 5): where batches come from, and whether a probe caches features.
     data: DataPath = "auto"
     cache_features: bool = True
+    cudnn_benchmark: bool = False
     runs_dir: str = "runs"
     name: str | None = None
     # Fault handling (issue 6): none of these changes the result of a healthy run.

@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -84,6 +84,23 @@ def make_loader(
     )
 
 
+def eval_batches(
+    data: Any, pre: Preprocessing, batch_size: int, device: torch.device, workers: int | None,
+    transform: Any = None, native_size: int | None = None,
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches in dataset order: device-resident when the split fits the budget, else streamed.
+
+    Both give bit-identical tensors (``core.fastdata``); a model with its own transform (a
+    Hugging Face processor) always streams through that transform.
+    """
+    from core import fastdata
+
+    if transform is None and fastdata.decoded_size(data, pre.size, native_size) <= fastdata.memory_budget(device):
+        images, labels = fastdata.decode_all(data, pre.size, native_size)
+        return fastdata.DeviceImages(images, labels, pre, device).batches(range(len(data)), batch_size)
+    return make_loader(data, pre, batch_size, device, workers, transform)
+
+
 def default_workers(device: torch.device) -> int:
     """Loader processes: none on CPU (the model uses every core), up to 8 beside a GPU."""
     import os
@@ -132,8 +149,8 @@ def evaluate(
             data, split = getattr(splits.test, "base", splits.test), "all"
     label_map = class_mapping(splits.class_names, clf.class_names, dataset)
     bs = batch_size or (run_config.batch_size if run_config else 64)
-    loader = make_loader(data, clf.preprocessing, bs, dev, workers, clf.transform)
-    batches = len(loader)
+    loader = eval_batches(data, clf.preprocessing, bs, dev, workers, clf.transform, splits.native_size)
+    batches = -(-len(data) // bs)
     yield EvaluationStarted(clf.name, dataset, split, len(data), batches)
     names = [clf.class_names[i] for i in label_map]
     tally = Tally(len(names), dev)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from torchvision.transforms.v2.functional import resize
+from torchvision.transforms.v2.functional import normalize, resize, to_dtype
 
 from core.transforms import Preprocessing, _interp
 
@@ -100,8 +100,6 @@ class DeviceImages:
         self.images = (images.pin_memory() if pin else images).to(device, non_blocking=True)
         self.labels = labels.to(device)
         self.pre = pre
-        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255.0
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -119,7 +117,8 @@ class DeviceImages:
         if x.shape[-1] != self.pre.size or x.shape[-2] != self.pre.size:
             # torchvision's batched resize on uint8: the very op (and rounding) of the per-image path.
             x = resize(x, [self.pre.size, self.pre.size], interpolation=_interp(self.pre.interpolation), antialias=True)
-        x = (x.float() - self.mean) / self.std
+        # The per-image path's own functions, so the float values are bit-identical to it.
+        x = normalize(to_dtype(x, torch.float32, scale=True), list(self.pre.mean), list(self.pre.std))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels.index_select(0, index)

@@ -141,7 +141,7 @@ def train(
     """
     config = config.resolved()
     device = pick_device(config.device)
-    configure(device)
+    configure(device, config.cudnn_benchmark)
     seed_everything(config.seed)
     splits = load_splits(config.dataset, config.data_dir, config.val_split, config.seed)
     # A resumed run's weights come from its checkpoint: the weights file is not read again.

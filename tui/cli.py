@@ -199,6 +199,11 @@ def run(
     amp: bool = typer.Option(True, help="bf16 autocast on CUDA"),
     channels_last: bool = typer.Option(True, help="channels-last memory format on CUDA"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
+    data: str = typer.Option("auto", help=_choice_help(registry.DATA_PATHS)),
+    cache_features: bool = typer.Option(
+        True, help="linear probe without augmentation: run the frozen backbone once and train the head on cached features"
+    ),
+    cudnn_benchmark: bool = typer.Option(False, "--cudnn-benchmark", help="let cuDNN autotune conv kernels (pays off on long runs)"),
     runs_dir: str = typer.Option("runs", help="where run directories are written"),
     name: Optional[str] = typer.Option(None, help="run directory name (default: time-backbone-mode)"),
     checkpoint_every: int = typer.Option(0, help="also write checkpoint-last every N batches (0: at each epoch's end only)"),
