@@ -23,6 +23,7 @@ from core.config import (
     Scheduler,
     literal_choices,
 )
+from tinydata import make_image_folder
 
 
 def test_json_round_trip_keeps_every_field() -> None:
@@ -177,7 +178,10 @@ def test_command_line_parses_back_through_the_cli_into_the_same_config(
 ) -> None:
     from tui.cli import app
 
+    # A dataset path with a space: the command line must quote it.
+    folder = make_image_folder(tmp_path / "my photos", train=4, test=2)
     config = tiny_config(
+        dataset=f"imagefolder:{folder}",
         mode="probe-then-finetune",
         optimizer="adamw",
         lr=0.003,
@@ -193,6 +197,7 @@ def test_command_line_parses_back_through_the_cli_into_the_same_config(
         name="round-trip",
     )
     argv = shlex.split(config.command_line())
+    assert f"imagefolder:{folder}" in argv
     assert argv[:2] == ["tlwork", "run"]
     result = CliRunner().invoke(app, ["run", *argv[2:]])
     assert result.exit_code == 0, result.output
