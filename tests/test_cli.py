@@ -345,3 +345,7 @@ def test_sigterm_stops_the_run_with_a_checkpoint_and_exit_4(tiny_folder: Path, t
     run_dir = Path(lines[-1]["run_dir"])
     assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
     assert (run_dir / "checkpoint-last.json").is_file()
+    listed = json_lines(invoke("runs", "--runs-dir", str(tmp_path / "runs"), "--json").stdout)
+    assert [(r["status"], r["has_bundle"]) for r in listed] == [("stopped", False)]
+    unfinished = invoke("eval", str(run_dir))
+    assert unfinished.exit_code == 2 and "no final model yet" in one_line_error(unfinished)

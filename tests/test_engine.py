@@ -165,6 +165,15 @@ def test_stop_after_the_last_epoch_still_finishes(tiny_config: Callable[..., Run
     assert isinstance(list(train(tiny_config(epochs=1), stop_after_epoch=after_epoch))[-1], ev.RunFinished)
 
 
+def test_abandoning_the_generator_marks_the_run_interrupted(tiny_config: Callable[..., RunConfig]) -> None:
+    events = train(tiny_config(epochs=2))
+    started = next(events)
+    assert isinstance(started, ev.RunStarted)
+    assert json.loads((Path(started.run_dir) / "status.json").read_text())["status"] == "running"
+    events.close()  # a front end that goes away without a stop request
+    assert json.loads((Path(started.run_dir) / "status.json").read_text())["status"] == "interrupted"
+
+
 def test_a_seed_makes_cpu_runs_repeatable(tiny_config: Callable[..., RunConfig]) -> None:
     def weights(**overrides: Any) -> dict[str, torch.Tensor]:
         finished = list(train(tiny_config(augment="trivialaugment", **overrides)))[-1]
