@@ -61,6 +61,7 @@ class SetupScreen(Screen[None]):
         super().__init__(id="setup")
         self.config: RunConfig | None = None
         self.problem = ""
+        self._refresh_pending = False
 
     def compose(self) -> ComposeResult:
         base = RunConfig()
@@ -162,6 +163,13 @@ class SetupScreen(Screen[None]):
     @on(ChoiceField.Changed)
     @on(Input.Changed)
     def _changed(self) -> None:
+        # Loading a config changes a dozen fields at once: re-read the form once after them.
+        if not self._refresh_pending:
+            self._refresh_pending = True
+            self.call_next(self._refresh_once)
+
+    def _refresh_once(self) -> None:
+        self._refresh_pending = False
         self.refresh_config()
 
     # -- loading settings ---------------------------------------------------------------
