@@ -1,0 +1,91 @@
+"""The workbench driving the real engine: a tiny demo run set up from the keyboard, its
+evaluation and a classified image; and a run stopped midway that leaves its checkpoint.
+
+These train a real (tiny) timm ResNet on the shipped demo images at 32x32 on the CPU, so they
+take seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from textual.widgets import Input
+
+from core.data import DEMO_DIR
+from tui.app import make_app
+from tui.screens.classify import ClassifyScreen
+from tui.screens.evaluate import EvaluateScreen
+from tui.widgets.prob_bars import ProbabilityBars
+from tui_fixtures import wait_for
+
+TINY = "test_resnet"  # timm:test_resnet, a real ResNet with BatchNorm of about 0.4M parameters
+CIFAR = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
+
+
+async def choose_tiny_backbone(pilot) -> None:  # type: ignore[no-untyped-def]
+    """From the dataset menu: Tab to the backbone menu, pick ``timm:NAME``, type the name."""
+    await pilot.press("tab", "enter", "t", "enter", "tab", *TINY)
+    await pilot.pause()
+
+
+async def test_demo_run_from_set_up_to_evaluation_and_classification(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    app = make_app(runs_dir="runs", cursor_blink=False)
+    async with app.run_test(size=(110, 34)) as pilot:
+        await pilot.press("ctrl+t")  # demo data, random weights, 32 px, batch 64, one epoch
+        await choose_tiny_backbone(pilot)
+        config = app.screen.config
+        assert config is not None
+        assert (config.dataset, config.weights, config.image_size, config.batch_size, config.epochs, config.backbone) == (
+            "demo", "none", 32, 64, 1, f"timm:{TINY}")
+        await pilot.press("ctrl+r")
+        training = app.training
+        await wait_for(pilot, lambda: training.state in ("finished", "failed", "stopped"), timeout=240)
+        assert training.state == "finished", training.outcome
+        run_dir = Path(training.run_dir)
+        assert (run_dir / "model.json").is_file() and run_dir.parent == Path("runs")
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+        assert len(training.losses) == 13  # 800 demo images / 64 per batch, every loss shown
+        reported = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        val_accuracy = next(r["val_accuracy"] for r in reported if r["event"] == "run_finished")
+
+        await pilot.press("v")  # evaluate the run just trained
+        await wait_for(pilot, lambda: isinstance(app.screen, EvaluateScreen) and app.screen.result is not None, timeout=120)
+        result = app.screen.result
+        assert result.split == "validation" and result.images == 200
+        assert abs(result.top1 - val_accuracy) < 1e-6  # the bundle reproduces the run's own figure
+
+        await app.open_classify(str(run_dir))
+        screen = app.screen
+        assert isinstance(screen, ClassifyScreen)
+        image = str(DEMO_DIR / "test" / "cat" / "0080.jpg")
+        screen.query_one("#image-path", Input).value = image
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: image in screen.results, timeout=120)
+        predictions = screen.query_one("#top-k", ProbabilityBars).predictions
+        assert len(predictions) == 5 and {label for label, _ in predictions} <= CIFAR
+        assert abs(sum(p for _, p in predictions) - 1.0) < 0.5 and predictions[0][1] >= predictions[-1][1]
+
+
+async def test_a_real_run_stopped_midway_keeps_its_checkpoint(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    app = make_app(runs_dir="runs", cursor_blink=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+t")
+        await choose_tiny_backbone(pilot)
+        app.screen.query_one("#epochs", Input).value = "50"
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        training = app.training
+        await wait_for(pilot, lambda: training.last_batch is not None or training.state == "failed", timeout=240)
+        await pilot.press("s", "y")
+        await wait_for(pilot, lambda: training.state != "stopping" and not training.running, timeout=120)
+        assert training.state == "stopped", training.outcome
+        run_dir = Path(training.run_dir)
+        stopped = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        event = next(r for r in stopped if r["event"] == "run_stopped")
+        assert Path(event["checkpoint"]).is_file()
+        assert event["checkpoint"] in training.outcome  # the screen says where it is
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
+        assert event["epoch"] < 50
