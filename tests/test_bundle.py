@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any, Iterable
 
 import pytest
 import torch
@@ -25,8 +26,8 @@ from core.transforms import Preprocessing
 from tinydata import TINY_BACKBONE, FinishedRun, make_image_folder
 
 
-def scored(events: object) -> EvaluationEnded:
-    result = list(events)[-1]  # type: ignore[call-overload]
+def scored(events: Iterable[Any]) -> EvaluationEnded:
+    result = list(events)[-1]
     assert isinstance(result, EvaluationEnded)
     return result
 
