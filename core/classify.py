@@ -134,6 +134,15 @@ def _as_list(batch: list[Any]) -> list[Any]:
     return batch
 
 
+def _workers(asked: int | None, device: Any, files: int, batch_size: int) -> int:
+    """Decoding processes: as asked, else none for a single batch (starting a pool costs more than it saves)."""
+    from core.evaluate import default_workers
+
+    if asked is not None:
+        return asked
+    return 0 if files <= batch_size else default_workers(device)
+
+
 # --- models -------------------------------------------------------------------------------
 
 
@@ -197,7 +206,7 @@ def classify(
     from torch.utils.data import DataLoader
 
     from core.device import autocast, configure, pick_device
-    from core.evaluate import default_workers, to_device
+    from core.evaluate import to_device
     from core.transforms import eval_transform
 
     if top_k < 1:
@@ -216,7 +225,7 @@ def classify(
         _Files(files, transform, exif_orientation=hf_model),  # type: ignore[arg-type]
         batch_size=batch_size,
         shuffle=False,
-        num_workers=default_workers(dev) if workers is None else workers,
+        num_workers=_workers(workers, dev, len(files), batch_size),
         collate_fn=_as_list,
     )
     start = time.perf_counter()
