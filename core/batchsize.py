@@ -95,7 +95,9 @@ def memory_trial(
     channels_last: bool = False,
 ) -> Callable[[int], None]:
     """A trial running two training steps at a given batch size (call inside ``preserved``)."""
-    fmt = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+    from core.device import channels_last_ok
+
+    fmt = torch.channels_last if channels_last_ok(device, channels_last) else torch.contiguous_format
 
     def trial(size: int) -> None:
         optimizer = make_optimizer(params)

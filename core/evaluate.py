@@ -112,7 +112,9 @@ def default_workers(device: torch.device) -> int:
 
 def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     """Move a batch to the device, channels-last on CUDA."""
-    fmt = torch.channels_last if channels_last and device.type == "cuda" and images.dim() == 4 else torch.contiguous_format
+    from core.device import channels_last_ok
+
+    fmt = torch.channels_last if channels_last_ok(device, channels_last) and images.dim() == 4 else torch.contiguous_format
     return images.to(device, non_blocking=True, memory_format=fmt)
 
 

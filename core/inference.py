@@ -50,7 +50,9 @@ def load_classifier(ref: str, device: torch.device, runs_dir: str = "runs") -> C
 
         return hf.load_hf_bundle(path, device)
     bundle = load_bundle(path, device)
-    if device.type == "cuda":
+    from core.device import channels_last_ok
+
+    if channels_last_ok(device):  # as in training, so evaluation reproduces its numbers
         bundle.model.to(memory_format=torch.channels_last)
     amp = bool(meta.get("amp", True))
     return Classifier(str(path), bundle.model, bundle.class_names, bundle.preprocessing, bundle.model, path, amp)
