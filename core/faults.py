@@ -76,6 +76,7 @@ def write_failed(path: object, exc: OSError, kept: str | None) -> CheckpointWrit
     """The error for a failed checkpoint write, saying the previous checkpoint is intact."""
     import errno
     import os
+    from pathlib import Path
 
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
@@ -85,7 +86,8 @@ def write_failed(path: object, exc: OSError, kept: str | None) -> CheckpointWrit
     else:
         fix = "check the runs folder"
     if kept:
-        then = f"the previous checkpoint {kept} is intact; {fix}, then continue with `tlwork run --resume RUN`"
+        run = Path(str(path)).parent
+        then = f"the previous checkpoint {kept} is intact; {fix}, then continue with `tlwork run --resume {run}`"
     else:
         then = f"no checkpoint was saved yet; {fix} and start the run again"
     return CheckpointWriteFailed(f"could not write {path}: {reason}; {then}")
@@ -116,9 +118,16 @@ def finite_weights(model: object) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all().item())
 
 
+def nonfinite_advice(last_checkpoint: str | None) -> str:
+    """What to try after a non-finite loss."""
+    if last_checkpoint:
+        return "lower --lr in a new run, or resume with --skip-nonfinite to skip such batches"
+    return "lower --lr, or pass --skip-nonfinite to skip such batches"
+
+
 def nonfinite_message(value: str, epoch: int, batch: int, step: int, last_checkpoint: str | None) -> str:
     """The one-line report of a non-finite loss that stops a run."""
     return (
         f"loss is {value} at epoch {epoch}, batch {batch} (step {step}); the run stopped and "
-        f"{kept(last_checkpoint)}; lower --lr, or resume with --skip-nonfinite to skip such batches"
+        f"{kept(last_checkpoint)}; {nonfinite_advice(last_checkpoint)}"
     )

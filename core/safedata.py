@@ -7,8 +7,8 @@ batch and hands them on, so the training loop can log their names and go on (or,
 ``--strict``, stop). Each sample's augmentation draws from its own RNG stream seeded by
 (run seed, epoch, sample index), never from the process-wide one: a resumed run, or one with
 a different number of loader processes, augments every image exactly as an uninterrupted
-run does. Loader processes ignore SIGINT, so Ctrl+C reaches only the main process and stops
-the run cleanly instead of killing its workers.
+run does. Loader processes ignore SIGINT and SIGHUP, so Ctrl+C or a dropped SSH session
+reaches only the main process, which stops the run cleanly, instead of killing its workers.
 """
 
 from __future__ import annotations
@@ -106,8 +106,15 @@ def unpack(batch: Any) -> tuple[Any, Any, tuple[Unreadable, ...]]:
 
 
 def ignore_interrupts(_worker_id: int) -> None:
-    """Loader-process init: leave SIGINT to the main process, which stops the run cleanly."""
+    """Loader-process init: leave Ctrl+C and hang-ups to the main process, which stops cleanly.
+
+    A terminal sends SIGINT (Ctrl+C) and SIGHUP (a dropped SSH session) to the whole process
+    group; a worker killed by one would make the main process fail instead of saving a
+    checkpoint. SIGTERM keeps its default: the DataLoader uses it to end stuck workers.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def make_loader(

@@ -37,7 +37,8 @@ from core.freeze import freeze, train_mode, trainable_parameters
 from core.models import ModelInfo, build_model, count_params
 from core.pipeline import DataCache, make_pipeline
 from core.faults import (
-    NonFiniteLoss, finite_weights, first_nonfinite, is_out_of_memory, kept, nonfinite_message, out_of_memory, write_failed,
+    NonFiniteLoss, finite_weights, first_nonfinite, is_out_of_memory, kept, nonfinite_advice, nonfinite_message, out_of_memory,
+    write_failed,
 )
 from core.resume import BEST, LAST, ResumePoint, RunLock, check_same_data, read_status, saved_preprocessing, start_point
 from core.runs import MetricsWriter, create_run_dir, write_json
@@ -218,7 +219,7 @@ def train(
         if not finite_weights(model):
             raise NonFiniteLoss(
                 f"the weights became NaN or infinite by epoch {epoch}, batch {batch} (step {state.step}); the run stopped "
-                f"and {kept(state.last_checkpoint)}; lower --lr, or resume with --skip-nonfinite"
+                f"and {kept(state.last_checkpoint)}; {nonfinite_advice(state.last_checkpoint)}"
             )
         sums = (float(totals[0].item()), int(totals[1].item()), int(totals[2])) if totals else (0.0, 0, 0)
         position = Position(stage_index, epoch, batch, state.step, state.best, done, state.nonfinite, *sums)
@@ -418,7 +419,7 @@ def train(
         yield emit(
             ev.RunFinished(str(run_dir), str(bundle), val["top1"], val["loss"], state.best, epoch, time.time() - state.started)
         )
-    except GeneratorExit:
+    except (GeneratorExit, KeyboardInterrupt):
         outcome = "interrupted"
         raise
     except BaseException as exc:
