@@ -11,6 +11,8 @@ Each screen owns its workers and handlers (``tui/screens``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import traceback
 from typing import Any, Callable, Iterable, Iterator
@@ -196,10 +198,32 @@ class Workbench(App[None]):
 
     def hang_up(self) -> None:
         """The terminal went away: stop any run at the next batch boundary, then exit."""
+        self._silence_terminal()
         if self.training.running:
             self.training.request_stop(quit_after=True)
         else:
             self.exit()
+
+    def _silence_terminal(self) -> None:
+        """Send output nowhere once the terminal has hung up.
+
+        Textual's writer thread dies on its first write to a closed terminal, and from then on
+        every refresh blocks on its full queue, so the app would never reach its exit. Writes
+        become no-ops, the terminal's output descriptors point at /dev/null, and a writer
+        thread that already died is detached so closing the driver does not wait for it.
+        """
+        driver = self._driver
+        if driver is None or self.is_headless:
+            return
+        driver.write = lambda data: None  # type: ignore[method-assign]
+        driver.flush = lambda: None  # type: ignore[method-assign]
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            for fd in (1, 2):
+                os.dup2(null, fd)
+        writer = getattr(driver, "_writer_thread", None)
+        if writer is not None and not writer.is_alive():
+            driver._writer_thread = None  # type: ignore[attr-defined]
 
     # -- errors and the palette -------------------------------------------------------------
 

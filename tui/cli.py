@@ -11,8 +11,10 @@ SIGHUP) after saving a checkpoint; 5 ``classify`` could not read some images (ea
 named on stderr; the others were classified); 6 the loss became NaN or infinite (the run
 stopped; its last good checkpoint is kept); 7 the device ran out of memory (the message
 names the batch size and one to try); 8 a checkpoint or run file could not be written (disk
-full, file-size limit, read-only folder; the previous checkpoint is intact); 130 a second
-Ctrl+C ended it at once. ``check-data`` exits 3 when some images cannot be read.
+full, file-size limit, read-only folder; the previous checkpoint is intact); 9 another
+worker of a data-parallel job failed or stopped answering; 130 a second Ctrl+C ended it at
+once. ``check-data`` exits 3 when some images cannot be read. ``tlwork run --nproc-per-node
+N`` (``tui.launch``) exits with the code of the first worker that failed.
 
 Resuming: ``tlwork run --resume RUN`` (a run directory, or a run name under ``--runs-dir``)
 continues a stopped, killed or failed run in its own directory from ``checkpoint-last``,
@@ -27,6 +29,7 @@ still training (its lock is held) or one with no checkpoint yet cannot be resume
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -36,10 +39,11 @@ import typer
 
 from core import registry
 from core.config import ConfigError, RunConfig
+from tui import launch
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-EXIT_NONFINITE, EXIT_OUT_OF_MEMORY, EXIT_WRITE_FAILED = 6, 7, 8
-FAULT_EXITS = {"nonfinite": EXIT_NONFINITE, "oom": EXIT_OUT_OF_MEMORY, "write": EXIT_WRITE_FAILED}
+EXIT_NONFINITE, EXIT_OUT_OF_MEMORY, EXIT_WRITE_FAILED, EXIT_WORKER_LOST = 6, 7, 8, 9
+FAULT_EXITS = {"nonfinite": EXIT_NONFINITE, "oom": EXIT_OUT_OF_MEMORY, "write": EXIT_WRITE_FAILED, "worker-lost": EXIT_WORKER_LOST}
 """Exit codes of ``core.faults.RunFault`` kinds."""
 
 app = typer.Typer(
@@ -55,7 +59,7 @@ app = typer.Typer(
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print a one-line error on stderr and return the Exit to raise."""
-    typer.echo(f"tlwork: error: {message}", err=True)
+    typer.echo(f"tlwork: error: {launch.worker_tag()}{message}", err=True)
     return typer.Exit(code)
 
 
@@ -204,6 +208,7 @@ def run(
         True, help="linear probe without augmentation: run the frozen backbone once and train the head on cached features"
     ),
     cudnn_benchmark: bool = typer.Option(False, "--cudnn-benchmark", help="let cuDNN autotune conv kernels (pays off on long runs)"),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="several CUDA workers: BatchNorm statistics over the global batch (SyncBatchNorm)"),
     runs_dir: str = typer.Option("runs", help="where run directories are written"),
     name: Optional[str] = typer.Option(None, help="run directory name (default: time-backbone-mode)"),
     checkpoint_every: int = typer.Option(0, help="also write checkpoint-last every N batches (0: at each epoch's end only)"),
@@ -217,6 +222,14 @@ def run(
         help="continue run RUN (a directory, or a name under --runs-dir) from its last checkpoint with its saved settings; "
         "only --device --workers --checkpoint-every --skip-nonfinite --max-nonfinite --strict may be given with it",
     ),
+    nproc_per_node: Optional[int] = typer.Option(
+        None, "--nproc-per-node", metavar="N", help="data-parallel: train on N workers on this machine through torchrun "
+        "(one per GPU, or CPU processes with --device cpu); the global batch is --batch-size x all workers",
+    ),
+    nnodes: str = typer.Option("1", help="with --nproc-per-node: number of machines (or MIN:MAX)"),
+    node_rank: int = typer.Option(0, help="with --nproc-per-node: this machine's rank, 0 to --nnodes - 1"),
+    rdzv_endpoint: Optional[str] = typer.Option(None, help="with --nproc-per-node and several machines: HOST:PORT on machine 0"),
+    dist_timeout: float = typer.Option(600.0, help="with --nproc-per-node: seconds a worker waits for the others before the job fails"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per event per line"),
 ) -> None:
     """Train a backbone on a dataset: linear probe, fine-tune, partial, or probe-then-finetune.
@@ -230,19 +243,41 @@ def run(
     Ctrl+C. After 6, 7 and 8 the last good checkpoint is kept.
     """
     values = dict(locals())
-    for key in ("as_json", "resume", "ctx"):
+    for key in ("as_json", "resume", "ctx", *launch.LAUNCH_OPTIONS):
         values.pop(key, None)
     values["batch_size"] = _batch_size(batch_size)
+    spawn = nproc_per_node is not None and not launch.in_worker()  # under torchrun already: be a worker
+    if launch.in_worker() and ctx.get_parameter_source("dist_timeout").name != "DEFAULT":  # type: ignore[union-attr]
+        os.environ["TLWORK_DIST_TIMEOUT"] = f"{dist_timeout:g}"  # a plain torchrun start: the option still counts
+    workers = (nproc_per_node or 1, nnodes, node_rank, rdzv_endpoint, dist_timeout)
+    launch.silence_other_ranks()
     if resume is not None:
-        _train_until_done(_resume_events(ctx, resume, runs_dir, values), as_json)
+        events = _resume_events(ctx, resume, runs_dir, values)
+        if spawn:
+            from core.resume import RESUME_OVERRIDES
+
+            given = {n: values[n] for n in RESUME_OVERRIDES if ctx.get_parameter_source(n).name != "DEFAULT"}  # type: ignore[union-attr]
+            _spawn(launch.resume_argv(resume, runs_dir, given, as_json), *workers)
+        _train_until_done(events, as_json)
         return
     try:
         config = RunConfig(**values).resolved()
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    if spawn:
+        _spawn(launch.run_argv(config.command_line(), as_json), *workers)
     from core.train import train
 
     _train_until_done(lambda stop: train(config, stop=stop), as_json)
+
+
+def _spawn(argv: list[str], nproc: int, nnodes: str, node_rank: int, endpoint: str | None, timeout: float) -> None:
+    """Run ``argv`` on ``nproc`` workers through torchrun (``tui.launch``) and exit with the job's code."""
+    if nproc < 1:
+        raise fail(f"--nproc-per-node must be at least 1 (got {nproc})")
+    if not timeout > 0:
+        raise fail(f"--dist-timeout must be a positive number of seconds (got {timeout:g}); try 600")
+    raise typer.Exit(launch.launch(argv, nproc, nnodes, node_rank, endpoint, timeout))
 
 
 def _batch_size(text: str) -> int | str:
@@ -420,3 +455,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("tlwork: interrupted\n")
         sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":  # ``python -m tui.cli`` (what --nproc-per-node and torchrun -m start)
+    main()

@@ -86,7 +86,9 @@ class ClassifyScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#image-tree").border_title = "files"
+        tree = self.query_one("#image-tree", ImageTree)
+        tree.root.set_label(Path(self.app.browse_dir).resolve().name or "/")  # "." would show no name
+        tree.border_title = "files"
         self.query_one("#classify-results").border_title = "results"
         self.query_one("#classify-view").border_title = "prediction"
         self.reload_runs()

@@ -44,7 +44,7 @@ class RunsScreen(Screen[None]):
         Binding("enter", "open", "Open", show=False),
         Binding("e", "evaluate", "Evaluate"),
         Binding("c", "classify", "Classify"),
-        Binding("n", "new_from", "New from settings"),
+        Binding("n", "new_from", "Reuse settings"),
         Binding("m", "mark", "Mark"),
         Binding("x", "compare", "Compare"),
         Binding("r", "reload", "Reload"),
@@ -89,7 +89,7 @@ class RunsScreen(Screen[None]):
         if not self.runs:
             table.border_subtitle = f"no runs under {self.app.runs_dir}/ yet: F1 sets one up"
         else:
-            table.border_subtitle = f"{len(self.runs)} runs in {self.app.runs_dir}/"
+            table.border_subtitle = f"{len(self.runs)} run{'s' if len(self.runs) > 1 else ''} in {self.app.runs_dir}/"
         if current is not None:
             index = next((i for i, r in enumerate(self.runs) if r.path == current), 0)
             table.move_cursor(row=index)

@@ -229,7 +229,7 @@ class TrainingScreen(Screen[None]):
         self.query_one("#loss-title", Label).update(f"loss per batch {b.loss:.4f} (━ smoothed)")
         self.query_one("#lr-title", Label).update(f"learning rate {b.lr:.2e}")
         self.query_one("#speed", Static).update(
-            f"{b.images_per_sec:,.0f} img/s · data wait {100 * b.data_wait:.0f}% · {format_seconds(b.elapsed)} elapsed"
+            f"{b.images_per_sec:,.0f} img/s · wait {100 * b.data_wait:.0f}% · {format_seconds(b.elapsed)} elapsed"
         )
 
     def _show_state(self) -> None:
