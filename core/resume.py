@@ -42,8 +42,31 @@ class ResumePoint:
     position: Any  # core.checkpoint.Position
 
 
+_HELD: set[int] = set()
+"""File descriptors of the run locks this process holds."""
+
+
+def _drop_locks_in_child() -> None:
+    # A forked child (a DataLoader worker) shares the lock's open file; closing its copy
+    # leaves the lock to the parent alone, so the lock ends when the training process does.
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 class RunLock:
-    """An exclusive ``flock`` on ``run_dir/.lock`` for as long as a process trains in it."""
+    """An exclusive ``flock`` on ``run_dir/.lock`` for as long as a process trains in it.
+
+    The kernel drops it when the process ends, however it ends (SIGKILL included); forked
+    loader processes do not keep it alive.
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK
@@ -64,11 +87,13 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
+        _HELD.add(fd)
         return True
 
     def release(self) -> None:
         """Drop the lock (idempotent)."""
         if self.fd is not None:
+            _HELD.discard(self.fd)
             os.close(self.fd)
             self.fd = None
 
@@ -78,6 +103,17 @@ class RunLock:
             return self.path.read_text().strip() or "?"
         except OSError:
             return "?"
+
+
+def is_running(run_dir: Path) -> bool:
+    """True while a process trains in ``run_dir`` (its lock is held); a killed run is not running."""
+    if not (run_dir / LOCK).exists():
+        return False
+    lock = RunLock(run_dir)
+    if lock.acquire():
+        lock.release()
+        return False
+    return True
 
 
 def find_run(ref: str, runs_dir: str | Path = "runs") -> Path:

@@ -200,6 +200,21 @@ def test_batch_size_auto_finds_the_largest_that_fits_and_leaves_no_trace(
     assert given[-1].val_accuracy == events[-1].val_accuracy
 
 
+def test_cli_batch_size_auto(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out_of_memory_above(monkeypatch, 12)
+    base = [
+        "run", "--mode", "finetune", "--backbone", TINY_BACKBONE, "--weights", "none", "--dataset", f"imagefolder:{folder}",
+        "--image-size", "32", "--epochs", "1", "--device", "cpu", "--runs-dir", str(tmp_path), "--json",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, [*base, "--batch-size", "auto"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert lines[0]["config"]["batch_size"] == 12 and "--batch-size 12" in lines[0]["command_line"]
+    assert any(line.get("message", "").endswith("using 12") for line in lines)
+    bad = CliRunner().invoke(app, [*base, "--batch-size", "lots"])
+    assert bad.exit_code == 2 and "--batch-size must be a whole number or auto (got 'lots')" in bad.output
+
+
 def test_batch_size_auto_when_nothing_fits(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out_of_memory_above(monkeypatch, 0)
     _, error = collect(train(config_for(folder, tmp_path, batch_size="auto")))

@@ -231,6 +231,24 @@ def test_resume_refuses_what_it_cannot_continue(folder: Path, tmp_path: Path) ->
     assert prepare("busy", runs)[1].position.step == 1
 
 
+def test_the_run_lock_ends_with_its_process_not_with_forked_workers(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from core.resume import is_running
+
+    lock = RunLock(tmp_path)
+    assert lock.acquire() and is_running(tmp_path)
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+    worker.start()  # a DataLoader worker, say, forked while the lock is held
+    try:
+        lock.release()  # the training process ends...
+        assert not is_running(tmp_path)  # ...and the run can be resumed at once
+        assert RunLock(tmp_path).acquire()
+    finally:
+        worker.kill()
+        worker.join()
+
+
 def test_resume_checks_the_saved_config_and_checkpoint(folder: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     stop_at(config_for(folder, runs, mode="finetune", epochs=2, name="r"), 2)
