@@ -79,6 +79,8 @@ class RunConfig:
     data: DataPath = "auto"
     cache_features: bool = True
     cudnn_benchmark: bool = False
+    # Data-parallel training (issue 7): BatchNorm statistics over the global batch (CUDA workers only).
+    sync_bn: bool = False
     runs_dir: str = "runs"
     name: str | None = None
     # Fault handling (issue 6): none of these changes the result of a healthy run.

@@ -109,11 +109,17 @@ class DeviceImages:
         """Size of the cache."""
         return self.images.numel()
 
-    def batch(self, index: torch.Tensor, augment: str = "none", gen: torch.Generator | None = None, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float batch (B, 3, size, size) and labels for ``index`` (a tensor on the device)."""
+    def batch(
+        self, index: torch.Tensor, augment: str = "none", gen: torch.Generator | None = None, channels_last: bool = False,
+        params: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float batch (B, 3, size, size) and labels for ``index`` (a tensor on the device).
+
+        ``params`` are crop-flip draws made for a larger (global) batch and cut to ``index``.
+        """
         x = self.images.index_select(0, index)
         if augment == "crop-flip":
-            x = random_crop_flip(x, max(1, x.shape[-1] // 8), gen)
+            x = random_crop_flip(x, max(1, x.shape[-1] // 8), gen, params)
         if x.shape[-1] != self.pre.size or x.shape[-2] != self.pre.size:
             # torchvision's batched resize on uint8: the very op (and rounding) of the per-image path.
             x = resize(x, [self.pre.size, self.pre.size], interpolation=_interp(self.pre.interpolation), antialias=True)
@@ -131,11 +137,14 @@ class DeviceImages:
         gen: torch.Generator | None = None,
         channels_last: bool = False,
         skip_batches: int = 0,
+        shard: Any = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches in ``order`` (sample indices); the first ``skip_batches`` are drawn, not built.
 
         Skipped batches still consume their augmentation draws, so a run resumed mid-epoch
-        augments the remaining batches exactly as the uninterrupted run did.
+        augments the remaining batches exactly as the uninterrupted run did. With a
+        ``core.distributed.Shard``, ``batch_size`` is the global batch: each is drawn for in
+        full and this rank keeps its rows, so every sample is augmented as in one process.
         """
         order_t = torch.as_tensor(order, dtype=torch.long).to(self.device)
         for n, start in enumerate(range(0, order_t.numel(), batch_size)):
@@ -144,15 +153,26 @@ class DeviceImages:
                 if augment == "crop-flip":
                     random_crop_flip_params(index.numel(), max(1, self.images.shape[-1] // 8), self.device, gen)
                 continue
-            yield self.batch(index, augment, gen, channels_last)
+            if shard is None or shard.world == 1:
+                yield self.batch(index, augment, gen, channels_last)
+                continue
+            rows = torch.tensor(shard.rows(index.numel()), dtype=torch.long, device=self.device)
+            params = None
+            if augment == "crop-flip":
+                drawn = random_crop_flip_params(index.numel(), max(1, self.images.shape[-1] // 8), self.device, gen)
+                params = (drawn[0][rows], drawn[1][rows], drawn[2][rows])
+            yield self.batch(index[rows], augment, gen, channels_last, params)
 
 
-def random_crop_flip(x: torch.Tensor, padding: int, gen: torch.Generator | None) -> torch.Tensor:
+def random_crop_flip(
+    x: torch.Tensor, padding: int, gen: torch.Generator | None,
+    params: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Per-sample RandomCrop(size, padding, zero fill) + RandomHorizontalFlip(0.5) on a uint8 batch."""
     b, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
     dev = x.device
-    oy, ox, flip = random_crop_flip_params(b, padding, dev, gen)
+    oy, ox, flip = params if params is not None else random_crop_flip_params(b, padding, dev, gen)
     rows = oy[:, None] + torch.arange(h, device=dev)[None, :]
     cols = ox[:, None] + torch.arange(w, device=dev)[None, :]
     cols = torch.where(flip[:, None], cols.flip(1), cols)

@@ -12,6 +12,11 @@
 
 A linear probe with augmentation still runs the frozen backbone under ``no_grad`` and
 back-propagates through the head block only. Every path follows ``EpochSampler``'s order.
+
+With several workers (``core.distributed``) ``batch_size`` is the global batch and ``shard``
+says which rows of each global batch this rank trains on; validation and feature extraction
+take the rank's round-robin share of the natural order, and extracted features are gathered
+back, so every rank holds the whole feature cache.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 
 from core import fastdata, safedata
+from core.distributed import Shard, gather_rows
 from core.evaluate import make_loader
 from core.features import FeatureBatches, extract, head_block, trunk_features
 from core.models import ModelInfo
@@ -103,11 +109,14 @@ def make_pipeline(
     amp: bool,
     cache_features: bool,
     sampler: Any,
+    shard: Shard | None = None,
 ) -> Pipeline:
     """The pipeline for one stage (see the module docstring)."""
     device = cache.device
     splits = cache.splits
     steps = -(-len(splits.train) // batch_size)
+    shard = shard or Shard()
+    local = shard.local_batch(batch_size)  # what one rank computes per step
     cl = channels_last and device.type == "cuda"
     probe = stage_mode == "linear-probe"
     block_name = head_block(model, info) if probe else ""
@@ -116,17 +125,20 @@ def make_pipeline(
     def image_batches(split: str, order: list[int], aug: str, epoch: int | None, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images = cache.device_images(split) if aug in fastdata.DEVICE_AUGMENTS else None
         if images is not None:
-            gen = fastdata.epoch_generator(device, seed, epoch) if epoch is not None else None
-            yield from images.batches(order, batch_size, aug, gen, cl, skip_batches=skip)
+            if epoch is None:  # validation or extraction: ``order`` is already this rank's share
+                yield from images.batches(order, local, aug, None, cl, skip_batches=skip)
+                return
+            gen = fastdata.epoch_generator(device, seed, epoch)
+            yield from images.batches(order, batch_size, aug, gen, cl, skip_batches=skip, shard=shard)
             return
         if split == "train" and epoch is not None:
             # Per-sample augmentation streams (seed, epoch, index) and skipped unreadable files (core.safedata).
             dataset = safedata.SafeImages(splits.train, train_transform(cache.pre, aug, splits.native_size), seed)
             dataset.set_epoch(epoch)
-            loader: Any = safedata.make_loader(dataset, batch_size, device, workers, sampler, seed)
+            loader: Any = safedata.make_loader(dataset, local, device, workers, sampler, seed)  # the sampler shards
         else:
             data = getattr(splits, split)
-            loader = make_loader(torch.utils.data.Subset(data, order) if order != _natural(len(data)) else data, cache.pre, batch_size, device, workers)
+            loader = make_loader(torch.utils.data.Subset(data, order) if order != _natural(len(data)) else data, cache.pre, local, device, workers)
         for batch in loader:
             images_, labels, unreadable = safedata.unpack(batch)
             cache.unreadable.extend(unreadable)
@@ -139,18 +151,18 @@ def make_pipeline(
         for split in ("train", "val"):
             if split not in cache.features:
                 n = len(getattr(splits, split))
-                feats, labels = extract(model, block, image_batches(split, _natural(n), "none", None, 0), device, amp)
-                cache.features[split] = FeatureBatches(feats, labels)
+                feats, labels = extract(model, block, image_batches(split, shard.of(_natural(n)), "none", None, 0), device, amp)
+                cache.features[split] = FeatureBatches(gather_rows(feats, n), gather_rows(labels, n))
         train_feats, val_feats = cache.features["train"], cache.features["val"]
         return Pipeline(
             "features", block, steps,
-            lambda epoch, order, skip: train_feats.batches(order, batch_size, skip),
-            lambda: val_feats.batches(_natural(len(val_feats)), batch_size),
+            lambda epoch, order, skip: train_feats.batches(shard.split(order, batch_size), local, skip),
+            lambda: val_feats.batches(shard.of(_natural(len(val_feats))), local),
         )
     module = FrozenTrunk(model, block) if probe and block is not None else forward
     kind = "device" if augment in fastdata.DEVICE_AUGMENTS and cache.device_images("train") is not None else "stream"
     return Pipeline(
         kind, module, steps,
         lambda epoch, order, skip: image_batches("train", order, augment, epoch, skip),
-        lambda: image_batches("val", _natural(len(splits.val)), "none", None, 0),
+        lambda: image_batches("val", shard.of(_natural(len(splits.val))), "none", None, 0),
     )

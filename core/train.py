@@ -7,6 +7,11 @@ one ``BatchEnded``. Stopping is cooperative: ``stop`` is checked at each batch b
 stop saves a checkpoint, yields ``RunStopped`` and returns. ``stop_after_epoch`` ends the run
 cleanly at the next epoch boundary. The run directory records config.json, metrics.jsonl,
 status.json, checkpoints and the final bundle.
+
+Under torchrun (``core.distributed``) every worker runs this same loop on its share of each
+global batch (the per-device batch times the number of workers) through
+DistributedDataParallel; only rank 0 writes the run directory and yields events, and the
+figures it reports (loss, accuracy, images/s, validation) are over all workers.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
 from torch.utils.data import Sampler
 
+from core import distributed
 from core import events as ev
 from core.bundle import save_bundle
 from core.batchsize import auto_batch_size
@@ -31,7 +38,7 @@ from core.checkpoint import (
 )
 from core.config import ConfigError, RunConfig
 from core.data import DataError, Splits, load_splits
-from core.device import autocast, configure, device_name, pick_device, seed_everything
+from core.device import autocast, configure, device_name, seed_everything
 from core.evaluate import Tally, default_workers, to_device
 from core.freeze import freeze, train_mode, trainable_parameters
 from core.models import ModelInfo, build_model, count_params
@@ -75,13 +82,19 @@ def plan_stages(config: RunConfig) -> list[Stage]:
 
 
 class EpochSampler(Sampler[int]):
-    """A shuffled order that depends only on (seed, epoch), so a resumed run sees the same order."""
+    """A shuffled order that depends only on (seed, epoch), so a resumed run sees the same order.
 
-    def __init__(self, size: int, seed: int) -> None:
+    With a ``core.distributed.Shard`` of several ranks, iterating yields this rank's rows of
+    each global batch of ``batch_size`` (``local_order``); ``order`` stays the whole permutation.
+    """
+
+    def __init__(self, size: int, seed: int, shard: Any = None, batch_size: int = 0) -> None:
         self.size = size
         self.seed = seed
         self.epoch = 0
         self.skip = 0
+        self.shard = shard
+        self.batch_size = batch_size  # the global batch, which the shard deals out
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Order for ``epoch``; ``skip`` drops the first samples (already trained on)."""
@@ -92,11 +105,19 @@ class EpochSampler(Sampler[int]):
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return torch.randperm(self.size, generator=gen).tolist()
 
+    def local_order(self) -> list[int]:
+        """This rank's samples for the epoch (the full permutation for one process)."""
+        if self.shard is None or self.shard.world == 1:
+            return self.order()
+        return self.shard.split(self.order(), self.batch_size)
+
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.skip:])
+        return iter(self.local_order()[self.skip:])
 
     def __len__(self) -> int:
-        return self.size - self.skip
+        if self.shard is None or self.shard.world == 1:
+            return self.size - self.skip
+        return len(self.local_order()) - self.skip
 
 
 def preprocessing_for(config: RunConfig, splits: Splits, info: ModelInfo) -> Preprocessing:
@@ -138,32 +159,73 @@ def train(
     """Train as ``config`` says, yielding events; see the module docstring.
 
     ``resume`` (from ``core.resume.prepare``) continues a run in its own directory from its
-    checkpoint: same sample order, stage, schedule and RNG states.
+    checkpoint: same sample order, stage, schedule and RNG states. Started by torchrun, it
+    joins the workers' process group and leaves it however the run ends; ranks other than 0
+    yield nothing.
     """
+    ctx, joined = distributed.ensure(config.device)
+    try:
+        events = _train(config, ctx, stop=stop, stop_after_epoch=stop_after_epoch, resume=resume)
+        if ctx.is_main:
+            yield from events
+        else:
+            for _ in events:  # the other ranks train in step with rank 0, silently
+                pass
+    except Exception as exc:
+        if ctx.active and distributed.is_lost_worker(exc):
+            raise distributed.worker_lost(ctx, exc) from None
+        raise
+    finally:
+        if joined:
+            distributed.teardown()
+
+
+def _train(
+    config: RunConfig,
+    ctx: distributed.Context,
+    *,
+    stop: threading.Event | None,
+    stop_after_epoch: threading.Event | None,
+    resume: ResumePoint | None,
+) -> Iterator[ev.Event]:
     config = config.resolved()
-    device = pick_device(config.device)
+    device = distributed.rank_device(config.device, ctx.local_rank, ctx.world)
+    if config.sync_bn and device.type != "cuda":
+        raise ConfigError(
+            "--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm runs only there); drop it on this device, "
+            "where each worker normalises its own share of the batch"
+        )
     configure(device, config.cudnn_benchmark)
     seed_everything(config.seed)
-    splits = load_splits(config.dataset, config.data_dir, config.val_split, config.seed)
-    # A resumed run's weights come from its checkpoint: the weights file is not read again.
-    weights = "none" if resume is not None else config.weights
-    model, info = build_model(config.backbone, len(splits.class_names), weights, splits.class_names)
+    # Downloads (datasets, ImageNet weights) happen once per machine, before the other workers look.
+    downloads = config.dataset in ("cifar10", "cifar100") or config.weights == "imagenet" or config.backbone.startswith("hf:")
+    with distributed.local_main_first(downloads, ctx):
+        splits = load_splits(config.dataset, config.data_dir, config.val_split, config.seed)
+        # A resumed run's weights come from its checkpoint: the weights file is not read again.
+        weights = "none" if resume is not None else config.weights
+        model, info = build_model(config.backbone, len(splits.class_names), weights, splits.class_names)
     pre = preprocessing_for(config, splits, info) if resume is None else saved_preprocessing(resume.meta)
     model.to(device)
+    if config.sync_bn and ctx.active:
+        model = distributed.convert_sync_bn(model)
     if config.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     stages = plan_stages(config)
     notes: list[str] = []
     if config.batch_size == "auto":
         found, note = auto_batch_size(model, info, config, stages, device, len(splits.class_names), len(splits.train))
+        found = distributed.agree_min(found, ctx)  # every worker's GPU must hold it
         config = dataclasses.replace(config, batch_size=found)
         notes.append(note)
     assert isinstance(config.batch_size, int)
     batch_size = config.batch_size
     forward: nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
     workers = default_workers(device) if config.workers is None else config.workers
-    sampler = EpochSampler(len(splits.train), config.seed)
-    steps_per_epoch = -(-len(splits.train) // batch_size)
+    # --batch-size is per device; a resumed run keeps its global batch on any number of workers.
+    global_batch = int(resume.meta.get("global_batch_size", batch_size)) if resume is not None else batch_size * ctx.world
+    local_batch = ctx.shard.local_batch(global_batch)
+    sampler = EpochSampler(len(splits.train), config.seed, ctx.shard, global_batch)
+    steps_per_epoch = -(-len(splits.train) // global_batch)
     total_steps = steps_per_epoch * sum(s.epochs for s in stages)
     cache = DataCache(splits, pre, device, config.data)
     skips = SkipLog(config.strict)
@@ -172,14 +234,16 @@ def train(
         skips.add([Unreadable(-1, *splits.unreadable[0])])  # raises the --strict error
 
     if resume is None:
-        run_dir = create_run_dir(config)
-        (run_dir / "config.json").write_text(config.to_json() + "\n")
+        if ctx.is_main:
+            run_dir = create_run_dir(config)
+            (run_dir / "config.json").write_text(config.to_json() + "\n")
+        run_dir = Path(distributed.broadcast(str(run_dir) if ctx.is_main else "", ctx))
     else:
         run_dir = resume.run_dir
         check_same_data(resume.meta, splits.class_names, len(splits.train), batch_size)
         load_model_state(model, resume.tensors)
     lock = RunLock(run_dir)
-    if not lock.acquire():
+    if ctx.is_main and not lock.acquire():
         raise ConfigError(f"run {run_dir} is already being trained by another process (pid {lock.holder()})")
     state = _Run(config, device)
     start = start_point([s.epochs for s in stages], resume.position if resume else None)
@@ -193,8 +257,11 @@ def train(
     if resume is not None:
         status["resumed"] = int(status.get("resumed", 0)) + 1
     status.pop("error", None)
-    write_json(run_dir / "status.json", status)
-    metrics = MetricsWriter(run_dir / "metrics.jsonl")
+    if ctx.active:
+        status["workers"] = ctx.world
+    if ctx.is_main:
+        write_json(run_dir / "status.json", status)
+    metrics: Any = MetricsWriter(run_dir / "metrics.jsonl") if ctx.is_main else distributed.NullMetrics(run_dir / "metrics.jsonl")
     origin = resume.meta.get("cwd") if resume is not None else os.getcwd()
     last_val = resume.meta.get("val") if resume is not None else None
     val: dict[str, Any] = dict(last_val) if isinstance(last_val, dict) else {"top1": 0.0, "loss": float("nan")}
@@ -221,13 +288,19 @@ def train(
                 f"the weights became NaN or infinite by epoch {epoch}, batch {batch} (step {state.step}); the run stopped "
                 f"and {kept(state.last_checkpoint)}; {nonfinite_advice(state.last_checkpoint)}"
             )
+        if totals:
+            totals = distributed.sum_totals(totals[0], totals[1], int(totals[2]), ctx)
         sums = (float(totals[0].item()), int(totals[1].item()), int(totals[2])) if totals else (0.0, 0, 0)
         position = Position(stage_index, epoch, batch, state.step, state.best, done, state.nonfinite, *sums)
         extra = {
             "cwd": origin, "preprocessing": pre.to_dict(), "class_names": list(splits.class_names),
             "train_size": len(splits.train), "batch_size": batch_size, "stages": [s.name for s in stages], "val": val,
+            "global_batch_size": global_batch, "workers": ctx.world,
         }
-        path = save_checkpoint(run_dir / LAST, model, optimizer, scheduler, position, extra)
+        if ctx.is_main:
+            path = save_checkpoint(run_dir / LAST, model, optimizer, scheduler, position, extra)
+        else:
+            path = (run_dir / LAST).with_suffix(".json")
         state.last_checkpoint = f"{path} (epoch {epoch}, step {state.step})"
         return ev.CheckpointSaved(str(path), epoch, state.step, kind)
 
@@ -243,6 +316,9 @@ def train(
         )
         for note in notes:
             yield emit(ev.MessageLogged("info", note))
+        if ctx.active:
+            yield emit(ev.MessageLogged("info", f"data-parallel on {ctx.world} workers ({ctx.backend}): global batch "
+                                        f"{global_batch}, {local_batch} per worker"))
         if resume is not None:
             yield emit(ev.MessageLogged("info", f"resumed from {resume.checkpoint}: {start.describe(steps_per_epoch)}"))
         for line in screened:
@@ -267,20 +343,27 @@ def train(
                 load_scheduler_state(scheduler, resume.meta)
             loader = make_pipeline(
                 cache=cache, model=model, forward=forward, info=info, stage_mode=stage.mode, augment=stage.augment,
-                batch_size=batch_size, seed=config.seed, workers=workers, channels_last=config.channels_last,
-                amp=config.amp, cache_features=config.cache_features, sampler=sampler,
+                batch_size=global_batch, seed=config.seed, workers=workers, channels_last=config.channels_last,
+                amp=config.amp, cache_features=config.cache_features, sampler=sampler, shard=ctx.shard,
             )
+            step_forward = loader.forward  # what training batches run through: DDP's wrapper with workers
+            if ctx.active:
+                example = (cache.features["train"].features[:1].float() if loader.kind == "features"
+                           else torch.zeros(1, 3, pre.size, pre.size, device=device))
+                step_forward = distributed.wrap(loader.forward, ctx, device, example, stage.mode != "linear-probe")
             yield emit(ev.MessageLogged("info", f"stage {stage.name}: {loader.kind} data path"))
-            criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+            # Several workers weight each sample by its share of the global batch (distributed.scaled_loss).
+            criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing, reduction="none" if ctx.active else "mean")
             first_epoch = sum(s.epochs for s in stages[:stage_index]) + 1
             yield emit(ev.StageStarted(stage.name, first_epoch, stage.epochs, stage.lr, sum(p.numel() for p in params)))
             if resume is not None and resumed_here:
                 # Last, so nothing between the checkpoint and the next batch draws from the RNGs.
                 restore_rng(resume.meta, resume.tensors)
+            distributed.reseed_rank(config.seed, state.step, ctx)
             for _ in range(start.epochs_in_stage if resumed_here else 0, stage.epochs):
                 epoch += 1
                 skip = start.batch if resumed_here and epoch == start.epochs_done + 1 else 0
-                sampler.set_epoch(epoch, skip * batch_size)
+                sampler.set_epoch(epoch, skip * local_batch)
                 batches = len(loader)
                 yield emit(ev.EpochStarted(epoch, config.total_epochs, stage.name, batches))
                 epoch_start = time.perf_counter()
@@ -288,7 +371,7 @@ def train(
                 loss_sum = torch.zeros((), device=device, dtype=torch.float64)
                 correct = torch.zeros((), device=device, dtype=torch.long)
                 seen = 0
-                if skip and resume is not None:  # the resumed epoch's totals so far
+                if skip and resume is not None and ctx.is_main:  # the resumed epoch's totals so far (global: once)
                     loss_sum += resume.position.loss_sum
                     correct += resume.position.correct
                     seen = resume.position.seen
@@ -300,18 +383,28 @@ def train(
                 fetch_start = time.perf_counter()
                 for batch_index, (images, labels) in enumerate(loader.epoch_batches(epoch, sampler.order(), skip), skip + 1):
                     wait += time.perf_counter() - fetch_start
+                    distributed.fault_point("batch", epoch, batch_index, ctx)
                     for line in skips.add(drain(cache.unreadable)):
                         yield emit(ev.MessageLogged("warning", line))
                     stepped = False
+                    if images is None and ctx.active:  # the other workers are waiting for this one's gradients
+                        raise DataError(f"every image of a batch on worker {ctx.rank} was unreadable (epoch {epoch}, batch "
+                                        f"{batch_index}); run `tlwork check-data` on the dataset and remove them")
                     if images is not None:  # None: every image of the batch was unreadable
                         try:
                             images = to_device(images, device, config.channels_last)
                             labels = labels.to(device, non_blocking=True)
                             with autocast(device, config.amp):
-                                logits = loader.forward(images)
+                                logits = step_forward(images)
                                 loss = criterion(logits.float(), labels)
+                            if ctx.active:
+                                real, global_count = ctx.shard.counts(len(splits.train), global_batch, batch_index - 1)
+                                real = min(real, labels.shape[0])
+                                per_sample, loss = loss, distributed.scaled_loss(loss, real, global_count, ctx.world)
                             optimizer.zero_grad(set_to_none=True)
                             loss.backward()
+                            if ctx.active:  # the global batch's mean loss, as one process would report it
+                                loss = distributed.all_sum(loss.detach().clone(), ctx) / ctx.world
                             # --skip-nonfinite must know before stepping: one sync per batch, only then.
                             stepped = not config.skip_nonfinite or bool(torch.isfinite(loss).item())
                             if stepped:
@@ -337,10 +430,16 @@ def train(
                         detached = loss.detach()
                         pending.append(detached)
                         pending_batches.append(batch_index)
-                        loss_sum += detached.double() * labels.shape[0]
-                        correct += (logits.detach().argmax(1) == labels).sum()
-                        seen += labels.shape[0]
-                        window_images += labels.shape[0]
+                        if ctx.active:  # this worker's real samples; the epoch's totals are summed at its end
+                            loss_sum += per_sample[:real].detach().double().sum()
+                            correct += (logits.detach()[:real].argmax(1) == labels[:real]).sum()
+                            seen += real
+                            window_images += global_count  # images/s over all workers
+                        else:
+                            loss_sum += detached.double() * labels.shape[0]
+                            correct += (logits.detach().argmax(1) == labels).sum()
+                            seen += labels.shape[0]
+                            window_images += labels.shape[0]
                     now = time.perf_counter()
                     if pending and (now - last_emit >= EMIT_INTERVAL or batch_index == batches):
                         losses = torch.stack(pending).float().tolist()  # the one host sync per emit
@@ -364,13 +463,14 @@ def train(
                     unchecked = (pending, pending_batches)
                     if config.checkpoint_every and state.step % config.checkpoint_every == 0 and batch_index < batches:
                         yield emit(checkpoint("batch", stage_index, epoch, batch_index, False, totals, optimizer, scheduler, unchecked))
-                    if stop is not None and stop.is_set():
+                    if distributed.agree(stop is not None and stop.is_set(), ctx):  # every worker stops at the same batch
                         saved = checkpoint("stop", stage_index, epoch, batch_index, False, totals, optimizer, scheduler, unchecked)
                         yield emit(saved)
                         outcome = "stopped"
                         yield emit(ev.RunStopped(str(run_dir), saved.path, epoch, state.step, "stop requested"))
                         return
                     fetch_start = time.perf_counter()
+                loss_sum, correct, seen = distributed.sum_totals(loss_sum, correct, seen, ctx)
                 if seen == 0:
                     raise DataError("no training image of this epoch could be read; run `tlwork check-data` on the dataset")
                 train_seconds = time.perf_counter() - epoch_start
@@ -396,11 +496,11 @@ def train(
                     yield emit(ev.MessageLogged("warning", summary))
                 val = {"top1": val["top1"], "loss": val["loss"]}
                 saved = checkpoint("epoch", stage_index, epoch, batches, True, None, optimizer, scheduler)
-                if improved:
+                if improved and ctx.is_main:
                     copy_checkpoint(run_dir / LAST, run_dir / BEST)
                 yield emit(saved)
-                stopping = stop is not None and stop.is_set()
-                after_epoch = stop_after_epoch is not None and stop_after_epoch.is_set()
+                stopping = distributed.agree(stop is not None and stop.is_set(), ctx)
+                after_epoch = distributed.agree(stop_after_epoch is not None and stop_after_epoch.is_set(), ctx)
                 if (stopping or after_epoch) and epoch < config.total_epochs:
                     outcome = "stopped"
                     reason = "stop requested" if stopping else "stopped after epoch"
@@ -410,8 +510,9 @@ def train(
             bundle = save_bundle(
                 run_dir, model, info.arch(), splits.class_names, pre,
                 {"run": run_dir.name, "val_accuracy": val["top1"], "dataset": config.dataset, "amp": config.amp,
-                 "batch_size": batch_size, "command_line": config.command_line()},
-            )
+                 "batch_size": batch_size, "command_line": config.command_line(),
+                 "global_batch_size": global_batch, "workers": ctx.world},
+            ) if ctx.is_main else run_dir / "model.json"
         except OSError as exc:
             raise write_failed(run_dir / "model.safetensors", exc, state.last_checkpoint) from None
         yield emit(ev.CheckpointSaved(str(bundle), epoch, state.step, "bundle"))
@@ -423,13 +524,17 @@ def train(
         outcome = "interrupted"
         raise
     except BaseException as exc:
-        status["error"] = f"{type(exc).__name__}: {exc}"
+        lost = distributed.worker_lost(ctx, exc) if ctx.active and distributed.is_lost_worker(exc) else None
+        status["error"] = f"{type(lost or exc).__name__}: {lost or exc}"
+        if lost is not None:
+            raise lost from None
         raise
     finally:
         metrics.close()
         status.update(status=outcome, seconds=round(time.time() - state.started, 3), step=state.step)
         try:
-            write_json(run_dir / "status.json", status)
+            if ctx.is_main:
+                write_json(run_dir / "status.json", status)
         except OSError:  # a full disk: the error being raised says more than this would
             pass
         lock.release()
@@ -442,7 +547,7 @@ def validate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
     with torch.inference_mode(), autocast(device, config.amp):
         for images, labels in loader:
             tally.update(model(to_device(images, device, config.channels_last)), labels.to(device, non_blocking=True))
-    return tally.summary()
+    return distributed.reduce_tally(tally).summary()  # each worker scored its share: sum them
 
 
 def step_scheduler(scheduler: Any, quiet: bool = False) -> None:
