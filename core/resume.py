@@ -197,10 +197,14 @@ def prepare(ref: str, runs_dir: str | Path = "runs", overrides: dict[str, Any] |
     status = read_status(run_dir)
     if status.get("status") == "finished" or (run_dir / "model.json").is_file():
         raise ConfigError(f"run {run_dir} already finished (model {run_dir / 'model.json'}); nothing to resume")
+    from core.distributed import env_is_main
+
     lock = RunLock(run_dir)
-    if not lock.acquire():
-        raise ConfigError(f"run {run_dir} is still running (pid {lock.holder()}); stop it first (Ctrl+C or kill -TERM)")
-    lock.release()
+    # torchrun starts every worker at once: only rank 0 probes (and then holds) the lock.
+    if env_is_main():
+        if not lock.acquire():
+            raise ConfigError(f"run {run_dir} is still running (pid {lock.holder()}); stop it first (Ctrl+C or kill -TERM)")
+        lock.release()
     checkpoint = run_dir / f"{LAST}.safetensors"
     if not checkpoint.is_file():
         raise ConfigError(f"run {run_dir} has no checkpoint yet (it ended before the first was written); start it again")

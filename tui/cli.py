@@ -249,7 +249,7 @@ def run(
     spawn = nproc_per_node is not None and not launch.in_worker()  # under torchrun already: be a worker
     if launch.in_worker() and ctx.get_parameter_source("dist_timeout").name != "DEFAULT":  # type: ignore[union-attr]
         os.environ["TLWORK_DIST_TIMEOUT"] = f"{dist_timeout:g}"  # a plain torchrun start: the option still counts
-    workers = (nproc_per_node or 1, nnodes, node_rank, rdzv_endpoint, dist_timeout)
+    workers = (nproc_per_node if nproc_per_node is not None else 1, nnodes, node_rank, rdzv_endpoint, dist_timeout)
     launch.silence_other_ranks()
     if resume is not None:
         events = _resume_events(ctx, resume, runs_dir, values)
