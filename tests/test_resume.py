@@ -231,6 +231,11 @@ def test_resume_refuses_what_it_cannot_continue(folder: Path, tmp_path: Path) ->
     assert prepare("busy", runs)[1].position.step == 1
 
 
+def _sleep_after(started: Any) -> None:
+    started.set()
+    time.sleep(30)
+
+
 def test_the_run_lock_ends_with_its_process_not_with_forked_workers(tmp_path: Path) -> None:
     import multiprocessing
 
@@ -238,9 +243,12 @@ def test_the_run_lock_ends_with_its_process_not_with_forked_workers(tmp_path: Pa
 
     lock = RunLock(tmp_path)
     assert lock.acquire() and is_running(tmp_path)
-    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+    fork = multiprocessing.get_context("fork")
+    started = fork.Event()
+    worker = fork.Process(target=_sleep_after, args=(started,))
     worker.start()  # a DataLoader worker, say, forked while the lock is held
     try:
+        assert started.wait(60)
         lock.release()  # the training process ends...
         assert not is_running(tmp_path)  # ...and the run can be resumed at once
         assert RunLock(tmp_path).acquire()
