@@ -24,7 +24,7 @@ class RunSummary:
 
     name: str
     path: str
-    status: str  # running | finished | stopped | failed | unknown
+    status: str  # running | finished | stopped | failed | interrupted | killed | unknown
     mode: str
     backbone: str
     dataset: str
@@ -117,10 +117,16 @@ def summarize(run_dir: Path) -> RunSummary:
     epochs = [m for m in read_metrics(run_dir) if m.get("event") == "epoch_ended"]
     accs = [m["val_accuracy"] for m in epochs if isinstance(m.get("val_accuracy"), (int, float))]
     total = config.get("epochs", 0) + (config.get("probe_epochs", 0) if config.get("mode") == "probe-then-finetune" else 0)
+    state = status.get("status", "unknown")
+    if state == "running":
+        from core.resume import is_running
+
+        if not is_running(run_dir):  # its lock is free: the process died (SIGKILL, power loss)
+            state = "killed"
     return RunSummary(
         name=run_dir.name,
         path=str(run_dir),
-        status=status.get("status", "unknown"),
+        status=state,
         mode=config.get("mode", "?"),
         backbone=config.get("backbone", "?"),
         dataset=config.get("dataset", "?"),
