@@ -98,7 +98,10 @@ class TrainingScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#epoch-table", DataTable)
-        table.add_columns("ep", "stage", "train loss", "val loss", "val acc", "time", "train acc", "lr", "img/s")
+        # Fixed widths: rows arrive one per epoch, and auto widths would shift as they come.
+        for label, width in (("ep", 3), ("stage", 8), ("train loss", 10), ("val loss", 8), ("val acc", 7), ("time", 7),
+                             ("train acc", 9), ("lr", 8), ("img/s", 7)):
+            table.add_column(label, width=width)
         self.query_one("#epoch-table").border_title = "epochs"
         self.query_one("#run-log").border_title = "log"
 
