@@ -152,6 +152,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(folder: Path
         killed.kill()
     assert killed.returncode == -signal.SIGKILL, f"the run ended before step {target} was checkpointed mid-epoch"
     assert json.loads((runs / "killed" / "status.json").read_text())["status"] == "running"  # nobody wrote "stopped"
+    from core.runs import list_runs
+
+    assert {r.name: r.status for r in list_runs(runs)}["killed"] == "killed"  # its lock died with it
     resumed = CliRunner().invoke(app, ["run", "--resume", "killed", "--runs-dir", str(runs), "--json"])
     assert resumed.exit_code == 0, resumed.output
     lines = [json.loads(line) for line in resumed.output.splitlines() if line.startswith("{")]
