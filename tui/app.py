@@ -2,7 +2,7 @@
 
 The app is small on purpose: five screens (set-up, training, evaluate, classify, runs), one
 per mode so each keeps its state, switched with F1-F5 or the command palette; the engine
-functions it calls, injected by ``make_app`` so tests drive it with a scripted fake; quitting
+functions it calls (``tui.engines``), injected by ``make_app`` so tests drive a scripted fake; quitting
 or a lost connection (SIGHUP) during a run, which stops at the next batch boundary and keeps
 a checkpoint before exiting; and the one handler that turns a failed worker into a message.
 Each screen owns its workers and handlers (``tui/screens``).
@@ -15,7 +15,7 @@ import contextlib
 import os
 import signal
 import traceback
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -23,53 +23,15 @@ from textual.screen import Screen
 from textual.widgets import Input
 from textual.worker import Worker
 
-from core.config import ConfigError, RunConfig
+from core.config import RunConfig
+from tui import engines
+from tui.engines import Engine, Memory, is_user_error
 from tui.screens.classify import ClassifyScreen
 from tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from tui.screens.evaluate import EvaluateScreen
 from tui.screens.runs import RunsScreen
 from tui.screens.setup import SetupScreen
 from tui.screens.training import TrainingScreen
-
-Engine = Callable[..., Iterator[Any]]
-Memory = Callable[[str], dict[str, float]]
-
-
-def _train(config: RunConfig, **kwargs: Any) -> Iterator[Any]:
-    from core.train import train  # torch loads in the worker thread, not at start-up
-
-    return train(config, **kwargs)
-
-
-def _evaluate(ref: str, dataset: str | None = None, **kwargs: Any) -> Iterator[Any]:
-    from core.evaluate import evaluate
-
-    return evaluate(ref, dataset, **kwargs)
-
-
-def _classify(model_ref: str, inputs: list[str], **kwargs: Any) -> Iterator[Any]:
-    try:
-        from core.classify import classify
-    except ImportError:
-        raise ConfigError("this tlwork has no classification engine yet (core/classify.py); update it") from None
-    return classify(model_ref, inputs, **kwargs)
-
-
-def device_memory(device: str) -> dict[str, float]:
-    """CUDA allocator and NVML figures on a GPU, process RSS and CPU use otherwise."""
-    from core.device import memory_stats, process_stats
-
-    if device.startswith("cuda"):
-        import torch
-
-        return memory_stats(torch.device(device))
-    return process_stats()
-
-
-def is_user_error(error: BaseException | None) -> bool:
-    """Errors with a one-line message a user can act on (bad settings, missing data or weights)."""
-    return isinstance(error, ConfigError) or any(c.__name__ == "WeightsUnavailable" for c in type(error).__mro__)
-
 
 class Workbench(App[None]):
     """tlwork's terminal workbench."""
@@ -96,13 +58,13 @@ class Workbench(App[None]):
     def __init__(
         self,
         *,
-        engine: Engine = _train,
-        evaluator: Engine = _evaluate,
-        classifier: Engine = _classify,
+        engine: Engine = engines.train,
+        evaluator: Engine = engines.evaluate,
+        classifier: Engine = engines.classify,
         runs_dir: str = "runs",
         data_dir: str = "data",
         browse_dir: str = ".",
-        memory: Memory = device_memory,
+        memory: Memory = engines.device_memory,
         cursor_blink: bool = True,
     ) -> None:
         super().__init__()
@@ -263,13 +225,13 @@ class Workbench(App[None]):
 
 def make_app(
     *,
-    engine: Engine = _train,
-    evaluator: Engine = _evaluate,
-    classifier: Engine = _classify,
+    engine: Engine = engines.train,
+    evaluator: Engine = engines.evaluate,
+    classifier: Engine = engines.classify,
     runs_dir: str = "runs",
     data_dir: str = "data",
     browse_dir: str = ".",
-    memory: Memory = device_memory,
+    memory: Memory = engines.device_memory,
     cursor_blink: bool = True,
 ) -> Workbench:
     """The app, with its engine functions and folders injectable (tests pass a scripted engine)."""

@@ -1,0 +1,52 @@
+"""The engine functions the workbench calls unless ``make_app`` is given others.
+
+Each is a thin wrapper that imports its ``core`` module when first called, which happens in a
+screen's thread worker: torch loads there, not while the app starts (``tlwork`` opens at
+once). Tests pass scripted stand-ins with the same signatures instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from core.config import ConfigError, RunConfig
+
+Engine = Callable[..., Iterator[Any]]
+Memory = Callable[[str], dict[str, float]]
+
+
+def train(config: RunConfig, **kwargs: Any) -> Iterator[Any]:
+    """``core.train.train``."""
+    from core.train import train as run
+
+    return run(config, **kwargs)
+
+
+def evaluate(ref: str, dataset: str | None = None, **kwargs: Any) -> Iterator[Any]:
+    """``core.evaluate.evaluate``."""
+    from core.evaluate import evaluate as run
+
+    return run(ref, dataset, **kwargs)
+
+
+def classify(model_ref: str, inputs: list[str], **kwargs: Any) -> Iterator[Any]:
+    """``core.classify.classify``."""
+    from core.classify import classify as run
+
+    return run(model_ref, inputs, **kwargs)
+
+
+def device_memory(device: str) -> dict[str, float]:
+    """CUDA allocator and NVML figures on a GPU; the process's memory and CPU use otherwise."""
+    from core.device import memory_stats, process_stats
+
+    if device.startswith("cuda"):
+        import torch
+
+        return memory_stats(torch.device(device))
+    return process_stats()
+
+
+def is_user_error(error: BaseException | None) -> bool:
+    """Errors with a one-line message a user can act on (bad settings, missing data or weights)."""
+    return isinstance(error, ConfigError) or any(c.__name__ == "WeightsUnavailable" for c in type(error).__mro__)
