@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from core import fastdata, safedata
+from core.device import channels_last_ok
 from core.distributed import Shard, gather_rows
 from core.evaluate import make_loader
 from core.features import FeatureBatches, extract, head_block, trunk_features
@@ -117,7 +118,7 @@ def make_pipeline(
     steps = -(-len(splits.train) // batch_size)
     shard = shard or Shard()
     local = shard.local_batch(batch_size)  # what one rank computes per step
-    cl = channels_last and device.type == "cuda"
+    cl = channels_last_ok(device, channels_last)
     probe = stage_mode == "linear-probe"
     block_name = head_block(model, info) if probe else ""
     block = model.get_submodule(block_name) if probe else None

@@ -38,7 +38,7 @@ from core.checkpoint import (
 )
 from core.config import ConfigError, RunConfig
 from core.data import DataError, Splits, load_splits
-from core.device import autocast, configure, device_name, seed_everything
+from core.device import autocast, channels_last_ok, configure, device_name, seed_everything
 from core.evaluate import Tally, default_workers, to_device
 from core.freeze import freeze, train_mode, trainable_parameters
 from core.models import ModelInfo, build_model, count_params
@@ -208,7 +208,7 @@ def _train(
     model.to(device)
     if config.sync_bn and ctx.active:
         model = distributed.convert_sync_bn(model)
-    if config.channels_last and device.type == "cuda":
+    if channels_last_ok(device, config.channels_last):
         model.to(memory_format=torch.channels_last)
     stages = plan_stages(config)
     notes: list[str] = []
