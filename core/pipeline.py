@@ -115,7 +115,7 @@ def make_pipeline(
     """The pipeline for one stage (see the module docstring)."""
     device = cache.device
     splits = cache.splits
-    steps = -(-len(splits.train) // batch_size)
+    steps = -(-sampler.usable // batch_size)
     shard = shard or Shard()
     local = shard.local_batch(batch_size)  # what one rank computes per step
     cl = channels_last_ok(device, channels_last)

@@ -100,10 +100,20 @@ class EpochSampler(Sampler[int]):
         """Order for ``epoch``; ``skip`` drops the first samples (already trained on)."""
         self.epoch, self.skip = epoch, skip
 
+    @property
+    def usable(self) -> int:
+        """Samples per epoch: all but one when the last batch would hold a single image.
+
+        BatchNorm cannot train on one image at 1x1 spatial size (ResNet at 32 px), so such a
+        trailing sample sits the epoch out; it is a different random image each epoch.
+        """
+        single = self.batch_size > 1 and self.size % self.batch_size == 1
+        return self.size - 1 if single else self.size
+
     def order(self) -> list[int]:
-        """The full permutation for the current epoch."""
+        """The permutation for the current epoch (``usable`` samples)."""
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.size, generator=gen).tolist()
+        return torch.randperm(self.size, generator=gen)[: self.usable].tolist()
 
     def local_order(self) -> list[int]:
         """This rank's samples for the epoch (the full permutation for one process)."""
@@ -225,7 +235,7 @@ def _train(
     global_batch = int(resume.meta.get("global_batch_size", batch_size)) if resume is not None else batch_size * ctx.world
     local_batch = ctx.shard.local_batch(global_batch)
     sampler = EpochSampler(len(splits.train), config.seed, ctx.shard, global_batch)
-    steps_per_epoch = -(-len(splits.train) // global_batch)
+    steps_per_epoch = -(-sampler.usable // global_batch)
     total_steps = steps_per_epoch * sum(s.epochs for s in stages)
     cache = DataCache(splits, pre, device, config.data)
     skips = SkipLog(config.strict)
@@ -398,7 +408,7 @@ def _train(
                                 logits = step_forward(images)
                                 loss = criterion(logits.float(), labels)
                             if ctx.active:
-                                real, global_count = ctx.shard.counts(len(splits.train), global_batch, batch_index - 1)
+                                real, global_count = ctx.shard.counts(sampler.usable, global_batch, batch_index - 1)
                                 real = min(real, labels.shape[0])
                                 per_sample, loss = loss, distributed.scaled_loss(loss, real, global_count, ctx.world)
                             optimizer.zero_grad(set_to_none=True)

@@ -128,3 +128,13 @@ def test_stream_and_device_paths_agree_on_a_finetune(tmp_path):
     b = load_file(f"{stream.run_dir}/model.safetensors")
     # Inputs agree to ~1e-7 (scale-then-normalise vs normalise in 0-255 units); 13 SGD steps amplify that.
     torch.testing.assert_close(a["fc.weight"], b["fc.weight"], atol=1e-3, rtol=1e-2)
+
+
+@pytest.mark.parametrize("data", ["device", "stream"])
+def test_a_last_batch_of_one_image_sits_out_instead_of_crashing_batchnorm(tmp_path, data):
+    # 800 demo images in batches of 17 leave one over; ResNet-18 at 32 px has 1x1 maps in
+    # layer4, where BatchNorm cannot train on a single image.
+    events = list(train(_config(tmp_path, mode="finetune", epochs=1, batch_size=17, data=data, augment="none")))
+    assert isinstance(events[-1], RunFinished)
+    batches = [e for e in events if type(e).__name__ == "BatchEnded"]
+    assert batches[-1].batches == 47 and sum(len(b.losses) for b in batches) == 47
