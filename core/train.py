@@ -245,8 +245,12 @@ def _train(
 
     if resume is None:
         if ctx.is_main:
-            run_dir = create_run_dir(config)
-            (run_dir / "config.json").write_text(config.to_json() + "\n")
+            run_dir = Path(config.runs_dir)
+            try:  # a full or read-only disk is exit 8 with a message, not a traceback
+                run_dir = create_run_dir(config)
+                (run_dir / "config.json").write_text(config.to_json() + "\n")
+            except OSError as exc:
+                raise write_failed(run_dir, exc, None) from None
         run_dir = Path(distributed.broadcast(str(run_dir) if ctx.is_main else "", ctx))
     else:
         run_dir = resume.run_dir
@@ -270,7 +274,10 @@ def _train(
     if ctx.active:
         status["workers"] = ctx.world
     if ctx.is_main:
-        write_json(run_dir / "status.json", status)
+        try:
+            write_json(run_dir / "status.json", status)
+        except OSError as exc:
+            raise write_failed(run_dir / "status.json", exc, state.last_checkpoint) from None
     metrics: Any = MetricsWriter(run_dir / "metrics.jsonl") if ctx.is_main else distributed.NullMetrics(run_dir / "metrics.jsonl")
     origin = resume.meta.get("cwd") if resume is not None else os.getcwd()
     last_val = resume.meta.get("val") if resume is not None else None

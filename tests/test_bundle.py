@@ -195,3 +195,14 @@ def test_the_real_efficientnet_lite0_file_loads_tensor_for_tensor(shared_dir: Pa
     backbone_equal(model, state, info.head)
     assert state[f"{info.head}.weight"].shape[0] == 1000 and model.get_submodule(info.head).out_features == 10
     assert (info.mean, info.std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def test_bundle_files_are_readable_like_any_file_the_user_writes(finished_run) -> None:
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("model.safetensors", "model.json"):
+        mode = stat.S_IMODE((finished_run.run_dir / name).stat().st_mode)
+        assert mode == 0o666 & ~umask, oct(mode)

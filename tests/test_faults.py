@@ -383,3 +383,15 @@ def test_an_image_that_breaks_during_training_is_skipped_and_counted(
     assert sum(e.images_per_sec > 0 for e in events if isinstance(e, ev.EpochEnded)) == 2
     with pytest.raises(DataError, match="photo.jpg.*--strict"):
         list(train(config_for(root, tmp_path / "runs", epochs=1, data="stream", strict=True)))
+
+
+def test_a_full_disk_before_the_first_checkpoint_is_exit_8_not_a_traceback(folder: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    started = subprocess.run(
+        _cli_args(folder, runs, "--epochs", "1", "--name", "r"),
+        capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size(16),
+    )  # fmt: skip
+    assert started.returncode == 8, started.stderr
+    message = started.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"tlwork: error: could not write {runs / 'r'}") and "no checkpoint was saved yet" in message
+    assert "Traceback" not in started.stderr
