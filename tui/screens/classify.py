@@ -157,10 +157,10 @@ class ClassifyScreen(Screen[None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="classify", name="classify_images")
     def classify_images(self, model: str, paths: list[str]) -> None:
         """Iterate the classifier; a new request cancels this one."""
-        worker = get_current_worker()
+        worker, pump = get_current_worker(), self.pump
         events = self.app.classifier(model, paths, top_k=TOP_K, device="auto", runs_dir=self.app.runs_dir, stop=worker.cancelled_event)
         for event in events:
-            self.pump.put(event)
+            pump.put(event)
 
     @on(EventsReady)
     def _events_ready(self, message: EventsReady) -> None:

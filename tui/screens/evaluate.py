@@ -111,13 +111,13 @@ class EvaluateScreen(Screen[None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="evaluate", name="run_evaluation")
     def run_evaluation(self, model: str, dataset: str | None) -> None:
         """Iterate the evaluator; a new evaluation cancels this one."""
-        worker = get_current_worker()
+        worker, pump = get_current_worker(), self.pump
         events = self.app.evaluator(
             model, dataset, data_dir=self.app.data_dir, runs_dir=self.app.runs_dir, batch_size=None,
             device="auto", stop=worker.cancelled_event,
         )
         for event in events:
-            self.pump.put(event)
+            pump.put(event)
 
     @on(EventsReady)
     def _events_ready(self, message: EventsReady) -> None:

@@ -106,7 +106,7 @@ class SetupScreen(Screen[None]):
 
     def read_config(self) -> tuple[RunConfig | None, str]:
         """The configuration the form describes, or None and the first problem found."""
-        for ident, label, *_ in NUMBERS:
+        for ident, *_ in NUMBERS:
             box = self.query_one(f"#{ident}", Input)
             if ident == "probe-epochs" and self.field("mode").value != "probe-then-finetune":
                 continue

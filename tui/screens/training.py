@@ -130,9 +130,9 @@ class TrainingScreen(Screen[None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="training", name="run_training")
     def run_training(self, config: RunConfig) -> None:
         """Iterate the engine; its ``stop`` is this worker's ``cancelled_event``."""
-        worker = get_current_worker()
+        worker, pump = get_current_worker(), self.pump
         for event in self.app.engine(config, stop=worker.cancelled_event, stop_after_epoch=self.stop_after_epoch):
-            self.pump.put(event)
+            pump.put(event)
 
     def request_stop(self, *, quit_after: bool = False) -> None:
         """Stop at the next batch boundary (a checkpoint is kept); optionally quit afterwards."""
