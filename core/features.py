@@ -12,6 +12,7 @@ holds the new classifier and no backbone stage (ResNet's ``fc``, EfficientNet's
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterable
 
 import torch
@@ -71,8 +72,13 @@ def extract(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     amp: bool = True,
+    stop: threading.Event | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, labels) for every batch, in order, on the device (bf16 on CUDA)."""
+    """(features, labels) for every batch, in order, on the device (bf16 on CUDA).
+
+    Raises ``ExtractionStopped`` between batches once ``stop`` is set, so a stop during a
+    long extraction takes effect in seconds, not after the whole pass.
+    """
     was_training = model.training
     model.eval()
     feats: list[torch.Tensor] = []
@@ -80,10 +86,17 @@ def extract(
     dtype = torch.bfloat16 if device.type == "cuda" and amp else torch.float32
     with torch.inference_mode(), autocast(device, amp):
         for images, y in batches:
+            if stop is not None and stop.is_set():
+                model.train(was_training)
+                raise ExtractionStopped
             feats.append(trunk_features(model, block, images.to(device, non_blocking=True)).to(dtype))
             labels.append(y.to(device, non_blocking=True))
     model.train(was_training)
     return torch.cat(feats), torch.cat(labels)
+
+
+class ExtractionStopped(Exception):
+    """A stop was requested while features were being extracted."""
 
 
 class FeatureBatches:

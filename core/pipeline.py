@@ -21,6 +21,7 @@ back, so every rank holds the whole feature cache.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -110,6 +111,7 @@ def make_pipeline(
     amp: bool,
     cache_features: bool,
     sampler: Any,
+    stop: threading.Event | None = None,
     shard: Shard | None = None,
 ) -> Pipeline:
     """The pipeline for one stage (see the module docstring)."""
@@ -152,7 +154,7 @@ def make_pipeline(
         for split in ("train", "val"):
             if split not in cache.features:
                 n = len(getattr(splits, split))
-                feats, labels = extract(model, block, image_batches(split, shard.of(_natural(n)), "none", None, 0), device, amp)
+                feats, labels = extract(model, block, image_batches(split, shard.of(_natural(n)), "none", None, 0), device, amp, stop)
                 cache.features[split] = FeatureBatches(gather_rows(feats, n), gather_rows(labels, n))
         train_feats, val_feats = cache.features["train"], cache.features["val"]
         return Pipeline(

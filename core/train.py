@@ -42,6 +42,7 @@ from core.device import autocast, channels_last_ok, configure, device_name, seed
 from core.evaluate import Tally, default_workers, to_device
 from core.freeze import freeze, train_mode, trainable_parameters
 from core.models import ModelInfo, build_model, count_params
+from core.features import ExtractionStopped
 from core.pipeline import DataCache, make_pipeline
 from core.faults import (
     NonFiniteLoss, finite_weights, first_nonfinite, is_out_of_memory, kept, nonfinite_advice, nonfinite_message, out_of_memory,
@@ -358,11 +359,19 @@ def _train(
             if resume is not None and resumed_here and start.same_stage:
                 load_optimizer_state(optimizer, resume.meta, resume.tensors)
                 load_scheduler_state(scheduler, resume.meta)
-            loader = make_pipeline(
-                cache=cache, model=model, forward=forward, info=info, stage_mode=stage.mode, augment=stage.augment,
-                batch_size=global_batch, seed=config.seed, workers=workers, channels_last=config.channels_last,
-                amp=config.amp, cache_features=config.cache_features, sampler=sampler, shard=ctx.shard,
-            )
+            try:
+                loader = make_pipeline(
+                    cache=cache, model=model, forward=forward, info=info, stage_mode=stage.mode, augment=stage.augment,
+                    batch_size=global_batch, seed=config.seed, workers=workers, channels_last=config.channels_last,
+                    amp=config.amp, cache_features=config.cache_features, sampler=sampler, shard=ctx.shard,
+                    stop=None if ctx.active else stop,  # workers gather features together: they stop at a batch
+                )
+            except ExtractionStopped:
+                # Nothing of this stage has trained: the last checkpoint (if any) is where it resumes.
+                outcome = "stopped"
+                last = (run_dir / LAST).with_suffix(".json")
+                yield emit(ev.RunStopped(str(run_dir), str(last) if last.exists() else "", epoch, state.step, "stop requested"))
+                return
             step_forward = loader.forward  # what training batches run through: DDP's wrapper with workers
             if ctx.active:
                 example = (cache.features["train"].features[:1].float() if loader.kind == "features"

@@ -138,3 +138,18 @@ def test_a_last_batch_of_one_image_sits_out_instead_of_crashing_batchnorm(tmp_pa
     assert isinstance(events[-1], RunFinished)
     batches = [e for e in events if type(e).__name__ == "BatchEnded"]
     assert batches[-1].batches == 47 and sum(len(b.losses) for b in batches) == 47
+
+
+def test_a_stop_during_feature_extraction_ends_the_run_at_once(tmp_path):
+    import threading
+
+    from core.events import BatchEnded, RunStopped
+
+    stop = threading.Event()
+    stop.set()
+    events = list(train(_config(tmp_path, epochs=3), stop=stop))
+    assert isinstance(events[-1], RunStopped) and events[-1].checkpoint == ""
+    assert not any(isinstance(e, BatchEnded) for e in events)
+    import json
+
+    assert json.loads((tmp_path / "runs").glob("*/status.json").__next__().read_text())["status"] == "stopped"

@@ -63,6 +63,8 @@ def describe(event: ev.Event) -> str | None:
             return f"saved {event.kind} {event.path}"
         case ev.MessageLogged():
             return f"{event.level}: {event.message}"
+        case ev.RunStopped() if not event.checkpoint:
+            return f"stopped before the first batch ({event.reason}); nothing to resume, start the run again"
         case ev.RunStopped():
             return f"stopped at epoch {event.epoch} step {event.step} ({event.reason}); checkpoint {event.checkpoint}"
         case ev.RunFinished():

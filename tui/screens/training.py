@@ -198,7 +198,7 @@ class TrainingScreen(Screen[None]):
                     self.query_one("#epoch-progress", ProgressBar).update(progress=event.epoch)
                     self.query_one("#epoch-count", Label).update(f"{event.epoch}/{event.total_epochs}")
                 elif isinstance(event, ev.RunStopped):
-                    self.outcome = f"stopped at epoch {event.epoch}, step {event.step}; checkpoint {event.checkpoint}"
+                    self.outcome = describe(event) or "stopped"
                     self.state = "stopped"
                 elif isinstance(event, ev.RunFinished):
                     self.outcome = f"finished: val acc {100 * event.val_accuracy:.2f}% (best {100 * event.best_val_accuracy:.2f}%); model {event.bundle}"
