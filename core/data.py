@@ -48,11 +48,29 @@ class Splits:
     val: Dataset
     test: Dataset
     class_names: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean_: tuple[float, float, float] | None  # None: measured from the training images when first asked
+    std_: tuple[float, float, float] | None
     native_size: int | None
     val_source: str  # "test" when validating on the test split, else "held-out"
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)  # (path, kind, reason), left out
+
+    def _measure(self) -> None:
+        if self.mean_ is None or self.std_ is None:
+            self.mean_, self.std_ = channel_stats(self.train)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """Per-channel mean in [0, 1] units (an image folder's is measured once, on demand)."""
+        self._measure()
+        assert self.mean_ is not None
+        return self.mean_
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """Per-channel standard deviation in [0, 1] units."""
+        self._measure()
+        assert self.std_ is not None
+        return self.std_
 
 
 class ImageFiles(Dataset):
@@ -152,13 +170,18 @@ FULL_CHECK_LIMIT = 20_000
 larger ones get the cheap check, and the streaming loader skips what fails later."""
 
 
-def screen_images(samples: list[tuple[str, int]], threads: int | None = None) -> tuple[list[tuple[str, int]], list[tuple[str, str, str]]]:
-    """(usable samples, [(path, kind, reason)] left out), checking files in a few threads."""
+def screen_images(
+    samples: list[tuple[str, int]], threads: int | None = None, full: bool = True
+) -> tuple[list[tuple[str, int]], list[tuple[str, str, str]]]:
+    """(usable samples, [(path, kind, reason)] left out), checking files in a few threads.
+
+    Up to ``FULL_CHECK_LIMIT`` files are decoded in full unless ``full`` is False.
+    """
     from concurrent.futures import ThreadPoolExecutor
     from functools import partial
 
     paths = [path for path, _ in samples]
-    check = partial(quick_check, full=len(paths) <= FULL_CHECK_LIMIT)
+    check = partial(quick_check, full=full and len(paths) <= FULL_CHECK_LIMIT)
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(check, paths))
     kept = [sample for sample, bad in zip(samples, results) if bad is None]
@@ -216,8 +239,15 @@ def stratified_split(targets: Sequence[int], fraction: float, seed: int) -> tupl
     return sorted(train), sorted(held)
 
 
-def load_splits(spec: str, data_dir: str = "data", val_split: float = 0.1, seed: int = 0) -> Splits:
-    """The dataset named by ``spec``: cifar10, cifar100, demo or imagefolder:PATH."""
+def load_splits(
+    spec: str, data_dir: str = "data", val_split: float = 0.1, seed: int = 0, scoring: bool = False
+) -> Splits:
+    """The dataset named by ``spec``: cifar10, cifar100, demo or imagefolder:PATH.
+
+    ``scoring``: only the test or validation images will be read (evaluation). When a test
+    folder exists, the training folder is then not screened and the test folder gets the
+    cheap check; a held-out split is screened as in training, so it comes out the same.
+    """
     if spec in CIFAR_URLS:
         return _cifar(spec, data_dir)
     if spec == "demo":
@@ -228,7 +258,7 @@ def load_splits(spec: str, data_dir: str = "data", val_split: float = 0.1, seed:
             raise DataError(f"--dataset {spec}: folder {root} does not exist")
         train_dir = root / "train" if (root / "train").is_dir() else root
         test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
-        return _folders(spec, train_dir, test_dir, val_split, seed, None, None, None)
+        return _folders(spec, train_dir, test_dir, val_split, seed, None, None, None, scoring)
     raise DataError(f"unknown --dataset {spec!r}; choose one of: cifar10, cifar100, demo, imagefolder:PATH")
 
 
@@ -259,11 +289,13 @@ def _folders(
     mean: tuple[float, float, float] | None,
     std: tuple[float, float, float] | None,
     native_size: int | None,
+    scoring: bool = False,
 ) -> Splits:
     samples, names = scan_class_folders(train_dir)
     if not samples:
         raise DataError(f"{train_dir}: no images found; expected {train_dir}/<class>/<image>.jpg")
-    samples, unreadable = screen_images(samples) if spec != "demo" else (samples, [])
+    skip_train = spec == "demo" or (scoring and test_dir is not None)
+    samples, unreadable = (samples, []) if skip_train else screen_images(samples)
     present = sorted({label for _, label in samples})
     if len(present) < 2:
         raise DataError(f"{train_dir}: only one class with images ({names[present[0]]!r}); a classifier needs two or more")
@@ -271,7 +303,7 @@ def _folders(
     if test_dir is not None:
         test_samples, _ = scan_class_folders(test_dir, names)
         if spec != "demo":
-            test_samples, more = screen_images(test_samples)
+            test_samples, more = screen_images(test_samples, full=not scoring)
             unreadable += more
         test = ImageFiles(test_samples, names)
         train, val, source = full, test, "test"
@@ -281,8 +313,7 @@ def _folders(
         tr, held = stratified_split(full.targets, val_split, seed)
         train, val, source = Subset(full, tr), Subset(full, held), "held-out"
         test = val
-    if mean is None or std is None:
-        mean, std = channel_stats(train)
+    # Image-folder statistics are measured only if training normalises with them (evaluation never does).
     return Splits(spec, train, val, test, names, mean, std, native_size, source, unreadable)
 
 

@@ -96,7 +96,7 @@ def eval_batches(
     from core import fastdata
 
     if transform is None and fastdata.decoded_size(data, pre.size, native_size) <= fastdata.memory_budget(device):
-        images, labels = fastdata.decode_all(data, pre.size, native_size)
+        images, labels = fastdata.decode_all(data, pre.size, pre.interpolation)
         return fastdata.DeviceImages(images, labels, pre, device).batches(range(len(data)), batch_size)
     return make_loader(data, pre, batch_size, device, workers, transform)
 
@@ -141,10 +141,10 @@ def evaluate(
     if dataset is None:
         if run_config is None:
             raise ConfigError(f"{ref}: no run config beside this model; pass --dataset")
-        splits = load_splits(run_config.dataset, run_config.data_dir, run_config.val_split, run_config.seed)
+        splits = load_splits(run_config.dataset, run_config.data_dir, run_config.val_split, run_config.seed, scoring=True)
         data, split, dataset = splits.val, "validation", run_config.dataset
     else:
-        splits = load_splits(dataset, data_dir, run_config.val_split if run_config else 0.1, run_config.seed if run_config else 0)
+        splits = load_splits(dataset, data_dir, run_config.val_split if run_config else 0.1, run_config.seed if run_config else 0, scoring=True)
         if splits.val_source == "test":
             data, split = splits.test, "test"
         else:  # no test/ or val/ folder: score every image of it (a held-out slice would hide most)

@@ -56,11 +56,15 @@ def _raw_arrays(dataset: Any) -> tuple[np.ndarray, list[int]] | None:
     return None
 
 
-def decode_all(dataset: Any, image_size: int, native_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_all(
+    dataset: Any, image_size: int, interpolation: str = "bilinear"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images N×3×H×W, int64 labels) for a dataset of (PIL image, label) items.
 
-    Images of the dataset's native size are kept as they are; others are resized to
-    ``image_size`` once (with the same tensor resize the per-image path uses).
+    Images larger than ``image_size`` are resized to it as they are decoded (memory). When
+    the rest all share one size they are kept at it, and batches are resized on the fly;
+    otherwise they are resized to ``image_size`` too. Either way it is the per-image path's
+    own tensor resize, with the model's interpolation, so the pixels come out the same.
     """
     raw = _raw_arrays(dataset)
     if raw is not None:
@@ -71,13 +75,19 @@ def decode_all(dataset: Any, image_size: int, native_size: int | None) -> tuple[
     from concurrent.futures import ThreadPoolExecutor
 
     to_image = v2.ToImage()
-    side = native_size
+    square = [image_size, image_size]
+    mode = _interp(interpolation)
 
     def load(i: int) -> tuple[torch.Tensor, int]:
-        img, label = dataset[i]
+        try:
+            img, label = dataset[i]
+        except Exception as exc:  # a file that passed the cheap check but does not decode
+            from core.data import DataError
+
+            raise DataError(f"{_path_of(dataset, i)}: cannot be decoded ({exc}); see `tlwork check-data`") from None
         t = to_image(img)
-        if side is None or t.shape[-2:] != (side, side):
-            t = v2.functional.resize(t, [image_size, image_size], antialias=True)
+        if max(t.shape[-2:]) > image_size and tuple(t.shape[-2:]) != (image_size, image_size):
+            t = v2.functional.resize(t, square, interpolation=mode, antialias=True)
         return t, int(label)
 
     # Pillow releases the GIL while decoding, so threads decode in parallel.
@@ -86,9 +96,17 @@ def decode_all(dataset: Any, image_size: int, native_size: int | None) -> tuple[
         pairs = list(pool.map(load, range(len(dataset)), chunksize=64))
     images = [t for t, _ in pairs]
     labels = [label for _, label in pairs]
-    if native_size is not None and any(t.shape[-1] != native_size for t in images):
-        images = [t if t.shape[-1] == image_size else v2.functional.resize(t, [image_size, image_size], antialias=True) for t in images]
+    if len({tuple(t.shape) for t in images}) > 1:
+        images = [t if list(t.shape[-2:]) == square else v2.functional.resize(t, square, interpolation=mode, antialias=True) for t in images]
     return torch.stack(images), torch.tensor(labels)
+
+
+def _path_of(dataset: Any, index: int) -> str:
+    """The file behind item ``index`` of an ImageFiles dataset or a Subset of one."""
+    while hasattr(dataset, "indices") and hasattr(dataset, "base"):
+        dataset, index = dataset.base, dataset.indices[index]
+    samples = getattr(dataset, "samples", None)
+    return str(samples[index][0]) if samples else f"image {index}"
 
 
 class DeviceImages:

@@ -73,7 +73,7 @@ class DataCache:
             if self.mode == "auto" and need > fastdata.memory_budget(self.device):
                 self.images[split] = None
             else:
-                images, labels = fastdata.decode_all(data, self.pre.size, self.splits.native_size)
+                images, labels = fastdata.decode_all(data, self.pre.size, self.pre.interpolation)
                 self.images[split] = fastdata.DeviceImages(images, labels, self.pre, self.device)
         return self.images[split]
 

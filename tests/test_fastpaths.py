@@ -72,7 +72,7 @@ def test_cached_probe_runs_the_backbone_once_per_split(tmp_path, monkeypatch):
 def test_device_batches_equal_the_per_image_transform():
     splits = load_splits("demo")
     pre = Preprocessing(48, splits.mean, splits.std, "bilinear")
-    images, labels = decode_all(splits.val, pre.size, splits.native_size)
+    images, labels = decode_all(splits.val, pre.size)
     assert images.dtype == torch.uint8 and images.shape == (200, 3, 32, 32)
     device_images = DeviceImages(images, labels, pre, CPU)
     index = torch.tensor([0, 7, 150])
