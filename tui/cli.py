@@ -191,8 +191,8 @@ def run(
         "256", help="images per batch, or auto: the largest that fits in GPU memory (doubled until out of memory, "
         "then binary search, as Lightning does; at most 64 off CUDA)"
     ),
-    image_size: int = typer.Option(224, help="input size in pixels (images are resized to a square)"),
-    normalize: str = typer.Option("dataset", help=_choice_help(registry.NORMALIZATIONS)),
+    image_size: int = typer.Option(224, help="input size in pixels (images are resized to a square); hf: backbones use their processor's size"),
+    normalize: str = typer.Option("dataset", help=_choice_help(registry.NORMALIZATIONS) + "; hf: backbones always use their processor's"),
     step_size: int = typer.Option(5, help="step scheduler: epochs between decays"),
     step_gamma: float = typer.Option(0.1, help="step scheduler: decay factor"),
     warmup_epochs: int = typer.Option(0, help="cosine scheduler: linear warm-up epochs"),
