@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, StepLR
 
 from core.config import RunConfig
 from core.schedule import current_lr, make_optimizer, make_scheduler
-from core.train import plan_stages
+from core.plan import plan_stages
 
 BASE_LR = 0.1
 
