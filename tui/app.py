@@ -61,6 +61,7 @@ class Workbench(App[None]):
         engine: Engine = engines.train,
         evaluator: Engine = engines.evaluate,
         classifier: Engine = engines.classify,
+        resumer: Engine = engines.resume,
         runs_dir: str = "runs",
         data_dir: str = "data",
         browse_dir: str = ".",
@@ -69,6 +70,7 @@ class Workbench(App[None]):
     ) -> None:
         super().__init__()
         self.engine = engine
+        self.resumer = resumer
         self.evaluator = evaluator
         self.classifier = classifier
         self.runs_dir = runs_dir
@@ -114,6 +116,14 @@ class Workbench(App[None]):
             return
         await self.switch_mode("training")
         self.training.start(config)
+
+    async def resume_run(self, run_dir: str, config: RunConfig) -> None:
+        """Show the training screen and continue the run in ``run_dir`` from its last checkpoint."""
+        if self.training.running:
+            self.notify("a run is already going; stop it (F2, s) before resuming another", severity="warning")
+            return
+        await self.switch_mode("training")
+        self.training.start(config, resume=run_dir)
 
     async def open_evaluate(self, ref: str) -> None:
         """Evaluate the run or bundle at ``ref`` on its validation split."""
@@ -228,6 +238,7 @@ def make_app(
     engine: Engine = engines.train,
     evaluator: Engine = engines.evaluate,
     classifier: Engine = engines.classify,
+    resumer: Engine = engines.resume,
     runs_dir: str = "runs",
     data_dir: str = "data",
     browse_dir: str = ".",
@@ -236,6 +247,6 @@ def make_app(
 ) -> Workbench:
     """The app, with its engine functions and folders injectable (tests pass a scripted engine)."""
     return Workbench(
-        engine=engine, evaluator=evaluator, classifier=classifier, runs_dir=runs_dir, data_dir=data_dir,
+        engine=engine, evaluator=evaluator, classifier=classifier, resumer=resumer, runs_dir=runs_dir, data_dir=data_dir,
         browse_dir=browse_dir, memory=memory, cursor_blink=cursor_blink,
     )

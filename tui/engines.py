@@ -22,6 +22,13 @@ def train(config: RunConfig, **kwargs: Any) -> Iterator[Any]:
     return run(config, **kwargs)
 
 
+def resume(run_dir: str, **kwargs: Any) -> Iterator[Any]:
+    """``core.resume.resume``: continue a stopped or killed run from its last checkpoint."""
+    from core.resume import resume as run
+
+    return run(run_dir, **kwargs)
+
+
 def evaluate(ref: str, dataset: str | None = None, **kwargs: Any) -> Iterator[Any]:
     """``core.evaluate.evaluate``."""
     from core.evaluate import evaluate as run

@@ -89,3 +89,39 @@ async def test_a_real_run_stopped_midway_keeps_its_checkpoint(tmp_path: Path, mo
         assert event["checkpoint"] in training.outcome  # the screen says where it is
         assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
         assert event["epoch"] < 50
+
+
+async def test_a_run_stopped_after_an_epoch_resumes_from_the_runs_screen(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from tui.screens.runs import RunsScreen
+
+    monkeypatch.chdir(tmp_path)
+    app = make_app(runs_dir="runs", cursor_blink=False)
+    async with app.run_test(size=(110, 34)) as pilot:
+        await pilot.press("ctrl+t")
+        await choose_tiny_backbone(pilot)
+        app.screen.query_one("#epochs", Input).value = "50"  # a probe on cached features: epochs take milliseconds
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        training = app.training
+        await wait_for(pilot, lambda: training.last_batch is not None or training.state == "failed", timeout=240)
+        await pilot.press("e")  # stop after this epoch
+        await wait_for(pilot, lambda: not training.running, timeout=240)
+        assert training.state == "stopped", training.outcome
+        run_dir = Path(training.run_dir)
+        assert not (run_dir / "model.json").exists()
+
+        await pilot.press("f5")
+        await pilot.pause()
+        assert isinstance(app.screen, RunsScreen) and app.screen.current is not None
+        assert app.screen.current.status == "stopped"
+        await pilot.press("u")  # resume it
+        await wait_for(pilot, lambda: training.running, timeout=60)
+        await wait_for(pilot, lambda: not training.running, timeout=240)
+        assert training.state == "finished", training.outcome
+        assert Path(training.run_dir) == run_dir and (run_dir / "model.json").is_file()
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        starts = [r for r in records if r["event"] == "run_started"]
+        epochs = [r["epoch"] for r in records if r["event"] == "epoch_ended"]
+        stopped_at = next(r["epoch"] for r in records if r["event"] == "run_stopped")
+        assert epochs == list(range(1, 51)) and stopped_at < 50  # each epoch once, none lost or repeated
+        assert len(starts) == 2 and starts[1]["start_step"] == 13 * stopped_at  # went on where it stopped

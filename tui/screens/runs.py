@@ -33,6 +33,14 @@ def epoch_curves(run_dir: str) -> tuple[list[float], list[float]]:
     return train, val
 
 
+def resumable(run: RunSummary | None) -> bool:
+    """A run that stopped, failed or died before its final model, with a checkpoint to go on from."""
+    return (
+        run is not None and not run.has_bundle and run.status in ("stopped", "killed", "failed", "interrupted")
+        and (Path(run.path) / "checkpoint-last.json").is_file()
+    )
+
+
 def _pct(value: float | None) -> str:
     return f"{100 * value:.1f}%" if value is not None else "-"
 
@@ -45,6 +53,7 @@ class RunsScreen(Screen[None]):
         Binding("e", "evaluate", "Evaluate"),
         Binding("c", "classify", "Classify"),
         Binding("n", "new_from", "Reuse settings"),
+        Binding("u", "resume", "Resume"),
         Binding("m", "mark", "Mark"),
         Binding("x", "compare", "Compare"),
         Binding("r", "reload", "Reload"),
@@ -119,6 +128,8 @@ class RunsScreen(Screen[None]):
             return run is not None and run.has_bundle
         if action in ("new_from", "mark", "open"):
             return run is not None
+        if action == "resume":
+            return resumable(run)
         if action == "compare":
             return run is not None and self.marked is not None and self.marked != run.path
         return True
@@ -130,6 +141,8 @@ class RunsScreen(Screen[None]):
         actions = []
         if run.has_bundle:
             actions += [("evaluate", "Evaluate this run's model"), ("classify", "Classify images with it")]
+        if resumable(run):
+            actions.append(("resume", "Resume it from its last checkpoint"))
         actions.append(("new_from", "New run from its settings"))
         if self.marked is not None and self.marked != run.path:
             actions.append(("compare", f"Compare loss curves with {Path(self.marked).name}"))
@@ -159,6 +172,17 @@ class RunsScreen(Screen[None]):
             self.notify(f"{run.name}: config.json is unreadable ({exc})", severity="error")
             return
         await self.app.new_run_from(config)
+
+    async def action_resume(self) -> None:
+        run = self.current
+        if run is None or not resumable(run):
+            return
+        try:
+            config = RunConfig.from_json((Path(run.path) / "config.json").read_text())
+        except (OSError, ValueError, TypeError) as exc:
+            self.notify(f"{run.name}: config.json is unreadable ({exc})", severity="error")
+            return
+        await self.app.resume_run(run.path, config)
 
     def action_mark(self) -> None:
         run = self.current

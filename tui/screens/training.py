@@ -112,26 +112,32 @@ class TrainingScreen(Screen[None]):
         """True while the engine's worker is alive (running or stopping)."""
         return self.state in ("running", "stopping")
 
-    def start(self, config: RunConfig) -> None:
-        """Reset the display and run ``config`` in a thread worker."""
+    def start(self, config: RunConfig, resume: str | None = None) -> None:
+        """Reset the display and run ``config`` in a thread worker (or resume the run at ``resume``)."""
         self._reset()
         self.state = "running"
         self.mode = config.mode
-        self.query_one("#run-title", Static).update(f"starting {config.command_line()}")
-        self.query_one("#run-log", RichLog).write(config.command_line())
+        line = f"tlwork run --resume {resume}" if resume else config.command_line()
+        self.query_one("#run-title", Static).update(f"{'resuming' if resume else 'starting'} {line}")
+        self.query_one("#run-log", RichLog).write(line)
         self.stop_after_epoch = threading.Event()
         self.quit_when_done = False
         self.pump = EventPump(self)
-        self.worker = self.run_training(config)
+        self.worker = self.run_training(config, resume)
         self._timer = self.set_interval(POLL, self._poll)
         self.refresh_bindings()
         self._show_state()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="training", name="run_training")
-    def run_training(self, config: RunConfig) -> None:
+    def run_training(self, config: RunConfig, resume: str | None = None) -> None:
         """Iterate the engine; its ``stop`` is this worker's ``cancelled_event``."""
         worker, pump = get_current_worker(), self.pump
-        for event in self.app.engine(config, stop=worker.cancelled_event, stop_after_epoch=self.stop_after_epoch):
+        stops = {"stop": worker.cancelled_event, "stop_after_epoch": self.stop_after_epoch}
+        if resume is not None:
+            events = self.app.resumer(resume, runs_dir=self.app.runs_dir, **stops)
+        else:
+            events = self.app.engine(config, **stops)
+        for event in events:
             pump.put(event)
 
     def request_stop(self, *, quit_after: bool = False) -> None:
