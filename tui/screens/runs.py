@@ -162,27 +162,25 @@ class RunsScreen(Screen[None]):
         if self.current is not None:
             await self.app.open_classify(self.current.path)
 
-    async def action_new_from(self) -> None:
-        run = self.current
-        if run is None:
-            return
+    def _config(self, run: RunSummary) -> RunConfig | None:
+        """The run's config.json, or None (with a notification) when it cannot be read."""
         try:
-            config = RunConfig.from_json((Path(run.path) / "config.json").read_text())
+            return RunConfig.from_json((Path(run.path) / "config.json").read_text())
         except (OSError, ValueError, TypeError) as exc:
             self.notify(f"{run.name}: config.json is unreadable ({exc})", severity="error")
-            return
-        await self.app.new_run_from(config)
+            return None
+
+    async def action_new_from(self) -> None:
+        run = self.current
+        config = self._config(run) if run is not None else None
+        if config is not None:
+            await self.app.new_run_from(config)
 
     async def action_resume(self) -> None:
         run = self.current
-        if run is None or not resumable(run):
-            return
-        try:
-            config = RunConfig.from_json((Path(run.path) / "config.json").read_text())
-        except (OSError, ValueError, TypeError) as exc:
-            self.notify(f"{run.name}: config.json is unreadable ({exc})", severity="error")
-            return
-        await self.app.resume_run(run.path, config)
+        config = self._config(run) if run is not None and resumable(run) else None
+        if run is not None and config is not None:
+            await self.app.resume_run(run.path, config)
 
     def action_mark(self) -> None:
         run = self.current
