@@ -207,6 +207,7 @@ def classify(
 
     from core.device import autocast, configure, pick_device
     from core.evaluate import to_device
+    from core.safedata import worker_options
     from core.transforms import eval_transform
 
     if top_k < 1:
@@ -221,12 +222,14 @@ def classify(
     transform = clf.transform or eval_transform(clf.preprocessing)
     activation = getattr(clf.model, "activation", "softmax")
     k = min(top_k, len(clf.class_names))
+    processes = _workers(workers, dev, len(files), batch_size)
     loader = DataLoader(
         _Files(files, transform, exif_orientation=hf_model),  # type: ignore[arg-type]
         batch_size=batch_size,
         shuffle=False,
-        num_workers=_workers(workers, dev, len(files), batch_size),
+        num_workers=processes,
         collate_fn=_as_list,
+        **worker_options(processes),  # a stop signal to the process group is the main process's to handle
     )
     start = time.perf_counter()
     classified = failed = 0

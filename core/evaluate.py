@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from core.config import ConfigError, RunConfig
 from core.events import EvalBatchEnded, EvaluationEnded, EvaluationStarted, Event
+from core.safedata import worker_options
 from core.transforms import Preprocessing, Transformed, eval_transform
 
 EMIT_INTERVAL = 0.1
@@ -81,6 +82,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        **worker_options(workers),  # a stop signal to the process group is the main process's to handle
     )
 
 

@@ -7,14 +7,20 @@ batch and hands them on, so the training loop can log their names and go on (or,
 ``--strict``, stop). Each sample's augmentation draws from its own RNG stream seeded by
 (run seed, epoch, sample index), never from the process-wide one: a resumed run, or one with
 a different number of loader processes, augments every image exactly as an uninterrupted
-run does. Loader processes ignore SIGINT and SIGHUP, so Ctrl+C or a dropped SSH session
-reaches only the main process, which stops the run cleanly, instead of killing its workers.
+run does. Loader processes leave SIGINT, SIGHUP and SIGTERM to the main process
+(``worker_options``), so Ctrl+C, a dropped SSH session or a ``kill -TERM`` of the whole
+process group stops the run cleanly instead of killing its workers.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import multiprocessing
+import multiprocessing.context
+import os
 import signal
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -105,16 +111,81 @@ def unpack(batch: Any) -> tuple[Any, Any, tuple[Unreadable, ...]]:
     return images, labels, ()
 
 
-def ignore_interrupts(_worker_id: int) -> None:
-    """Loader-process init: leave Ctrl+C and hang-ups to the main process, which stops cleanly.
+def _stop_signals() -> set[int]:
+    """The signals that stop a run: the main process handles them, loader processes must not die of them."""
+    return {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)}
+
+
+def _await_parent_sigterm(parent: int) -> None:
+    """In a loader process: end at a SIGTERM from the training process only (its DataLoader's terminate())."""
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent:
+            os._exit(0)  # as torch's own worker SIGTERM handler does for its parent
+        # From anyone else (``kill -TERM -PGID``, a scheduler, ``timeout``): the main process stops the run.
+
+
+def shield_worker(_worker_id: int) -> None:
+    """Loader-process init: leave Ctrl+C, hang-ups and SIGTERM to the main process, which stops cleanly.
 
     A terminal sends SIGINT (Ctrl+C) and SIGHUP (a dropped SSH session) to the whole process
-    group; a worker killed by one would make the main process fail instead of saving a
-    checkpoint. SIGTERM keeps its default: the DataLoader uses it to end stuck workers.
+    group, and so do job schedulers and ``timeout`` with SIGTERM; a worker killed by one would
+    make the main process fail ("DataLoader worker killed") instead of finishing the batch and
+    saving a checkpoint. SIGINT and SIGHUP are ignored. SIGTERM stays blocked and a thread
+    takes each one: the DataLoader's own ``terminate()`` of a stuck worker (sent by the parent)
+    still ends it, any other sender is ignored. A SIGKILLed training process still takes its
+    workers with it: torch's worker watchdog ends a worker whose parent is gone.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    term = getattr(signal, "SIGTERM", None)
+    ignored = _stop_signals() - {term}
+    release = set(ignored)
+    if hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwaitinfo") and term is not None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {term})  # before the thread starts: it inherits the mask
+        threading.Thread(target=_await_parent_sigterm, args=(os.getppid(),), name="tlwork-sigterm", daemon=True).start()
+    elif term is not None:
+        release.add(term)  # no sigwaitinfo (macOS): SIGTERM keeps its default, as the DataLoader expects
+    for sig in ignored:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, release)  # blocked since the fork (_shielded_fork_context)
+
+
+@functools.lru_cache(maxsize=None)
+def _shielded_fork_context() -> Any:
+    """A fork context whose processes start with the stop signals blocked (see ``shield_worker``)."""
+    ctx = multiprocessing.context
+
+    class ShieldedForkProcess(ctx.ForkProcess):  # type: ignore[name-defined,misc]
+        """Forked with SIGINT, SIGTERM and SIGHUP blocked, until the worker's init has set them up.
+
+        Without it a signal to the process group in the milliseconds between the fork and the
+        worker's init (every epoch starts new workers) would still kill the worker. Signals the
+        training process gets meanwhile stay pending and arrive as soon as the fork returns.
+        """
+
+        @staticmethod
+        def _Popen(process_obj: Any) -> Any:
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signals())
+            try:
+                return ctx.ForkProcess._Popen(process_obj)  # type: ignore[attr-defined]
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)  # the parent only: the child runs the worker
+
+    class ShieldedForkContext(ctx.ForkContext):  # type: ignore[name-defined,misc]
+        Process = ShieldedForkProcess
+
+    return ShieldedForkContext()
+
+
+def worker_options(workers: int) -> dict[str, Any]:
+    """DataLoader keyword arguments that keep stop signals away from its worker processes."""
+    if workers <= 0:
+        return {}
+    options: dict[str, Any] = {"worker_init_fn": shield_worker}
+    # Only where the loader would fork anyway (Linux): spawned workers start with a clean slate.
+    if hasattr(signal, "pthread_sigmask") and multiprocessing.get_start_method() == "fork":
+        options["multiprocessing_context"] = _shielded_fork_context()
+    return options
 
 
 def make_loader(
@@ -139,8 +210,8 @@ def make_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=False,
         collate_fn=collate,
-        worker_init_fn=ignore_interrupts if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
+        **worker_options(workers),
     )
 
 
