@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from core import fastdata, safedata
+from core.config import ConfigError
 from core.device import channels_last_ok
 from core.distributed import Shard, gather_rows
 from core.evaluate import make_loader
@@ -53,29 +54,85 @@ class FrozenTrunk(nn.Module):
 
 @dataclass
 class DataCache:
-    """Decoded datasets and cached features shared by the stages of one run."""
+    """Decoded datasets and cached features shared by the stages of one run.
+
+    With ``--data auto`` each split is held on the device when it fits the memory budget
+    (``fastdata.memory_budget``: on CUDA a share of the memory free when it is decided) and
+    streams otherwise. ``paths`` records the outcome; a resumed run passes the checkpoint's
+    record as ``recorded`` and keeps those paths instead of deciding again, because the two
+    paths feed the model different float pixels (and crop-flip draws) and a resumed run must
+    continue the very run it resumes. A recorded ``device`` split that no longer fits the
+    budget is a ``ConfigError``, not a silent switch to streaming.
+    """
 
     splits: Any
     pre: Preprocessing
     device: torch.device
     mode: str  # auto | device | stream
+    recorded: dict[str, str] = field(default_factory=dict)  # split -> device | stream, from the checkpoint resumed
     images: dict[str, fastdata.DeviceImages | None] = field(default_factory=dict)
     features: dict[str, FeatureBatches] = field(default_factory=dict)
     unreadable: list[safedata.Unreadable] = field(default_factory=list)  # the training loop drains and logs these
 
+    def __post_init__(self) -> None:
+        self.recorded = dict(self.recorded) if self.mode == "auto" else {}  # an explicit --data needs no record
+        for split, path in self.recorded.items():  # refuse before the run starts, not at its first validation
+            if path == "device":
+                need, budget = self._need(split), fastdata.memory_budget(self.device)
+                if need > budget:
+                    raise ConfigError(
+                        f"this run held its {split} images on {self.device} ({_mb(need)}) and resumes on that path, but "
+                        f"the memory budget now allows {_mb(budget)}; resume with more free memory (or a larger "
+                        f"TLWORK_CACHE_MB), or start a new run with --data stream"
+                    )
+
+    def _need(self, split: str) -> int:
+        return fastdata.decoded_size(getattr(self.splits, split), self.pre.size, self.splits.native_size)
+
+    def path(self, split: str) -> str:
+        """``device`` or ``stream`` for ``split``: the explicit mode, the recorded path, or the budget's verdict."""
+        if self.mode != "auto":
+            return self.mode
+        if split in self.recorded:
+            return self.recorded[split]
+        return "device" if self._need(split) <= fastdata.memory_budget(self.device) else "stream"
+
+    def paths(self) -> dict[str, str]:
+        """The path of every split decided so far (for the checkpoint and status.json)."""
+        decided = {split: "stream" if images is None else "device" for split, images in self.images.items()}
+        return {**self.recorded, **decided}
+
+    def notes(self) -> list[str]:
+        """A line for the run log when the paths come from the checkpoint instead of the budget."""
+        if not self.recorded:
+            return []
+        kept = ", ".join(f"{split} {path}" for split, path in sorted(self.recorded.items()))
+        return [f"--data auto: keeping the data paths this run started with ({kept}), whatever the memory budget now"]
+
     def device_images(self, split: str) -> fastdata.DeviceImages | None:
         """The split as a device tensor, or None when it streams instead."""
-        if self.mode == "stream":
-            return None
         if split not in self.images:
-            data = getattr(self.splits, split)
-            need = fastdata.decoded_size(data, self.pre.size, self.splits.native_size)
-            if self.mode == "auto" and need > fastdata.memory_budget(self.device):
+            if self.path(split) == "stream":
                 self.images[split] = None
             else:
+                data = getattr(self.splits, split)
                 images, labels = fastdata.decode_all(data, self.pre.size, self.pre.interpolation)
                 self.images[split] = fastdata.DeviceImages(images, labels, self.pre, self.device)
         return self.images[split]
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def recorded_paths(meta: dict[str, Any] | None) -> dict[str, str]:
+    """The data paths a checkpoint recorded (``{}`` for a fresh run or an older checkpoint)."""
+    record = (meta or {}).get("data_paths")
+    if record is None:
+        return {}  # written before paths were recorded: the run decides them again
+    if not isinstance(record, dict) or any(k not in ("train", "val") or v not in ("device", "stream") for k, v in record.items()):
+        raise ConfigError(f"checkpoint data_paths has a bad value {record!r}; the checkpoint is damaged")
+    return dict(record)
 
 
 @dataclass

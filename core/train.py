@@ -41,7 +41,7 @@ from core.evaluate import Tally, default_workers, to_device
 from core.freeze import freeze, train_mode, trainable_parameters
 from core.models import build_model, count_params
 from core.features import ExtractionStopped
-from core.pipeline import DataCache, make_pipeline
+from core.pipeline import DataCache, make_pipeline, recorded_paths
 from core.faults import (
     NonFiniteLoss, finite_weights, first_nonfinite, is_out_of_memory, kept, nonfinite_advice, nonfinite_message, out_of_memory,
     write_failed,
@@ -147,7 +147,8 @@ def _train(
     sampler = EpochSampler(len(splits.train), config.seed, ctx.shard, global_batch)
     steps_per_epoch = -(-sampler.usable // global_batch)
     total_steps = steps_per_epoch * sum(s.epochs for s in stages)
-    cache = DataCache(splits, pre, device, config.data)
+    cache = DataCache(splits, pre, device, config.data, recorded_paths(resume.meta if resume is not None else None))
+    notes.extend(cache.notes())
     skips = SkipLog(config.strict)
     screened = [f"left out unreadable image {path}: {reason}" for path, _, reason in splits.unreadable]
     if splits.unreadable and config.strict:
@@ -177,7 +178,7 @@ def _train(
         state.nonfinite = resume.position.nonfinite_skipped
         state.last_checkpoint = f"{resume.checkpoint} (epoch {resume.position.epoch}, step {resume.position.step})"
     status = read_status(run_dir) if resume is not None else {}
-    status.update({"status": "running", "started": status.get("started", state.started), "pid": _pid()})
+    status.update({"status": "running", "started": status.get("started", state.started), "pid": os.getpid()})
     if resume is not None:
         status["resumed"] = int(status.get("resumed", 0)) + 1
     status.pop("error", None)
@@ -222,7 +223,7 @@ def _train(
         extra = {
             "cwd": origin, "preprocessing": pre.to_dict(), "class_names": list(splits.class_names),
             "train_size": len(splits.train), "batch_size": batch_size, "stages": [s.name for s in stages], "val": val,
-            "global_batch_size": global_batch, "workers": ctx.world,
+            "global_batch_size": global_batch, "workers": ctx.world, "data_paths": cache.paths(),
         }
         if ctx.is_main:
             path = save_checkpoint(run_dir / LAST, model, optimizer, scheduler, position, extra)
@@ -466,7 +467,7 @@ def _train(
         raise
     finally:
         metrics.close()
-        status.update(status=outcome, seconds=round(time.time() - state.started, 3), step=state.step)
+        status.update(status=outcome, seconds=round(time.time() - state.started, 3), step=state.step, data_paths=cache.paths())
         try:
             if ctx.is_main:
                 write_json(run_dir / "status.json", status)
@@ -493,9 +494,3 @@ def step_scheduler(scheduler: Any, quiet: bool = False) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         scheduler.step()
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
