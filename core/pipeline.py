@@ -58,11 +58,14 @@ class DataCache:
 
     With ``--data auto`` each split is held on the device when it fits the memory budget
     (``fastdata.memory_budget``: on CUDA a share of the memory free when it is decided) and
-    streams otherwise. ``paths`` records the outcome; a resumed run passes the checkpoint's
-    record as ``recorded`` and keeps those paths instead of deciding again, because the two
-    paths feed the model different float pixels (and crop-flip draws) and a resumed run must
-    continue the very run it resumes. A recorded ``device`` split that no longer fits the
-    budget is a ``ConfigError``, not a silent switch to streaming.
+    streams otherwise. The validation split's path is decided when the cache is made and the
+    training split's when a stage first asks for it (the first stage's start, or never when
+    its augmentation streams), so both are decided before the first checkpoint; ``paths``
+    records them. A resumed run passes the checkpoint's record as ``recorded`` and keeps
+    those paths instead of deciding again: the two paths feed the model slightly different
+    float pixels and different crop-flip draws, and a resumed run must continue the very run
+    it resumes. A recorded ``device`` split that no longer fits the budget is a
+    ``ConfigError``, not a silent switch to streaming.
     """
 
     splits: Any
@@ -73,10 +76,11 @@ class DataCache:
     images: dict[str, fastdata.DeviceImages | None] = field(default_factory=dict)
     features: dict[str, FeatureBatches] = field(default_factory=dict)
     unreadable: list[safedata.Unreadable] = field(default_factory=list)  # the training loop drains and logs these
+    decided: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.recorded = dict(self.recorded) if self.mode == "auto" else {}  # an explicit --data needs no record
-        for split, path in self.recorded.items():  # refuse before the run starts, not at its first validation
+        for split, path in sorted(self.recorded.items()):  # refuse before the run starts, not at its first validation
             if path == "device":
                 need, budget = self._need(split), fastdata.memory_budget(self.device)
                 if need > budget:
@@ -85,22 +89,22 @@ class DataCache:
                         f"the memory budget now allows {_mb(budget)}; resume with more free memory (or a larger "
                         f"TLWORK_CACHE_MB), or start a new run with --data stream"
                     )
+        self.decided = dict(self.recorded)
+        self.path("val")  # every path validates (or extracts features) through it
 
     def _need(self, split: str) -> int:
         return fastdata.decoded_size(getattr(self.splits, split), self.pre.size, self.splits.native_size)
 
     def path(self, split: str) -> str:
         """``device`` or ``stream`` for ``split``: the explicit mode, the recorded path, or the budget's verdict."""
-        if self.mode != "auto":
-            return self.mode
-        if split in self.recorded:
-            return self.recorded[split]
-        return "device" if self._need(split) <= fastdata.memory_budget(self.device) else "stream"
+        if split not in self.decided:
+            fits = self.mode == "auto" and self._need(split) <= fastdata.memory_budget(self.device)
+            self.decided[split] = self.mode if self.mode != "auto" else "device" if fits else "stream"
+        return self.decided[split]
 
     def paths(self) -> dict[str, str]:
         """The path of every split decided so far (for the checkpoint and status.json)."""
-        decided = {split: "stream" if images is None else "device" for split, images in self.images.items()}
-        return {**self.recorded, **decided}
+        return dict(self.decided)
 
     def notes(self) -> list[str]:
         """A line for the run log when the paths come from the checkpoint instead of the budget."""
@@ -122,7 +126,10 @@ class DataCache:
 
 
 def _mb(size: int) -> str:
-    return f"{size / 2**20:.1f} MB"
+    """``1.5 GB``, ``150.0 MB`` or ``84 KB``."""
+    if size >= 2**30:
+        return f"{size / 2**30:.1f} GB"
+    return f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 2**10:.0f} KB"
 
 
 def recorded_paths(meta: dict[str, Any] | None) -> dict[str, str]:

@@ -373,3 +373,96 @@ def test_a_checkpoint_is_one_safetensors_file_with_its_state_in_the_header(folde
     assert header["__metadata__"]["format"] == "tlwork-checkpoint"
     state = json.loads(header["__metadata__"]["tlwork"])
     assert {"position", "optimizer", "scheduler", "rng", "preprocessing", "class_names"} <= set(state)
+
+
+def _sigkill_after_checkpoint(proc: subprocess.Popen[str], sidecar: Path, step: int) -> None:
+    """SIGKILL ``proc`` once its checkpoint sidecar shows a mid-epoch position at or past ``step``."""
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                position = json.loads(sidecar.read_text())["position"]
+            except (OSError, ValueError, KeyError):
+                position = None
+            if position and position["step"] >= step and not position["epoch_done"]:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before step {step} was checkpointed mid-epoch"
+
+
+def test_a_killed_auto_run_resumes_on_the_data_path_it_started_with(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --data auto streams when the data exceeds the memory budget and holds it on the device
+    # when it fits; with crop-flip the two paths draw different crops, so a resume that decided
+    # again under a larger budget would end with other weights than the run it continues.
+    runs = tmp_path / "runs"
+    settings = dict(mode="finetune", augment="crop-flip", data="auto", checkpoint_every=1, epochs=2)
+    monkeypatch.setenv("TLWORK_CACHE_MB", "0")  # nothing fits: auto streams
+    whole = list(train(config_for(folder, runs, name="whole", **settings)))
+    assert isinstance(whole[-1], ev.RunFinished)
+    assert [e.message for e in whole if isinstance(e, ev.MessageLogged) and "data path" in e.message] == [
+        "stage finetune: stream data path"
+    ]
+    args = [
+        "run", "--mode", "finetune", "--backbone", TINY_BACKBONE, "--weights", "none", "--dataset", f"imagefolder:{folder}",
+        "--image-size", "32", "--batch-size", "8", "--epochs", "2", "--augment", "crop-flip", "--scheduler", "step",
+        "--step-size", "1", "--step-gamma", "0.5", "--seed", "7", "--device", "cpu", "--workers", "0", "--data", "auto",
+        "--checkpoint-every", "1", "--runs-dir", str(runs), "--name", "killed",
+    ]  # fmt: skip
+    target = random.Random().choice([2, 3, 4, 6, 7, 8, 9])  # mid-epoch steps of either epoch
+    killed = subprocess.Popen([*PY, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    _sigkill_after_checkpoint(killed, runs / "killed" / "checkpoint-last.json", target)
+    meta, _ = read_checkpoint(runs / "killed" / "checkpoint-last.json")
+    assert meta["data_paths"] == {"train": "stream", "val": "stream"}
+    monkeypatch.setenv("TLWORK_CACHE_MB", "4096")  # now everything fits: a fresh auto run would hold it on the device
+    resumed = CliRunner().invoke(app, ["run", "--resume", "killed", "--runs-dir", str(runs), "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    lines = [json.loads(line) for line in resumed.output.splitlines() if line.startswith("{")]
+    assert lines[0]["start_step"] >= target and lines[-1]["event"] == "run_finished"
+    messages = [line["message"] for line in lines if line["event"] == "message_logged"]
+    assert "stage finetune: stream data path" in messages
+    assert any(m.startswith("--data auto: keeping the data paths this run started with (train stream") for m in messages)
+    assert json.loads((runs / "killed" / "status.json").read_text())["data_paths"] == {"train": "stream", "val": "stream"}
+    assert_same_weights(weights(runs / "whole"), weights(runs / "killed"))
+    # The control: the same settings decided afresh under this budget take the other path.
+    fresh = stop_at(config_for(folder, runs, name="fresh", **settings), 1)
+    assert "stage finetune: device data path" in [e.message for e in fresh if isinstance(e, ev.MessageLogged)]
+
+
+def _drop_data_paths(checkpoint: Path) -> None:
+    """Rewrite a checkpoint as an older tlwork wrote it: no data_paths in its header."""
+    from safetensors.torch import save
+
+    meta, tensors = read_checkpoint(checkpoint)
+    del meta["data_paths"]
+    checkpoint.write_bytes(save(tensors, metadata={"format": "tlwork-checkpoint", "tlwork": json.dumps(meta)}))
+
+
+def test_a_recorded_device_path_that_no_longer_fits_is_refused_not_switched(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("TLWORK_CACHE_MB", "4096")
+    stopped = stop_at(config_for(folder, runs, mode="finetune", epochs=2, data="auto", name="r"), 7)  # past a validation
+    assert isinstance(stopped[-1], ev.RunStopped)
+    checkpoint = runs / "r" / "checkpoint-last.safetensors"
+    assert read_checkpoint(checkpoint)[0]["data_paths"] == {"train": "device", "val": "device"}
+    assert json.loads((runs / "r" / "status.json").read_text())["data_paths"] == {"train": "device", "val": "device"}
+    monkeypatch.setenv("TLWORK_CACHE_MB", "0")
+    refused = CliRunner().invoke(app, ["run", "--resume", "r", "--runs-dir", str(runs)])
+    assert refused.exit_code == 2, refused.output
+    line = refused.output.strip().splitlines()[-1]
+    assert "held its train images on cpu (108 KB)" in line and "the memory budget now allows 0 KB" in line  # 36 x 3x32x32
+    assert "resume with more free memory (or a larger TLWORK_CACHE_MB), or start a new run with --data stream" in line
+    assert json.loads((runs / "r" / "status.json").read_text())["status"] == "stopped"  # refused before it started
+    # A checkpoint from before paths were recorded still resumes: auto decides again (streams here).
+    _drop_data_paths(checkpoint)
+    again = list(resume("r", runs_dir=runs))
+    assert isinstance(again[-1], ev.RunFinished)
+    messages = [e.message for e in again if isinstance(e, ev.MessageLogged)]
+    assert "stage finetune: stream data path" in messages and not any("keeping the data paths" in m for m in messages)
