@@ -5,6 +5,8 @@ folders and images choose what to classify; a folder means every image in it. Th
 model is a finished run's bundle, any bundle path, or ``hf:ID`` (issue #4). The engine's
 ``classify`` generator runs in a thread worker; each image's preview uses textual-image,
 which draws real pixels on terminals that can (Sixel, Kitty) and half-blocks elsewhere.
+Escape cancels a running classification as it does an evaluation: the worker is cancelled
+(the engine's ``stop``) and closes the generator; the images classified so far stay listed.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class ClassifyScreen(Screen[None]):
     BINDINGS = [
         Binding("ctrl+r", "classify", "Classify"),
         Binding("ctrl+l", "focus_path", "Path box"),
+        # Escape, not a letter: the path box takes typed text.
+        Binding("escape", "cancel", "Cancel"),
     ]
 
     def __init__(self) -> None:
@@ -65,6 +69,7 @@ class ClassifyScreen(Screen[None]):
         self.worker: Worker[None] | None = None
         self.pump = EventPump(self)
         self.results: dict[str, tuple[tuple[str, float], ...] | str] = {}
+        self.requested = 0  # images in the running (or last) request
         self.shown = ""
 
     def compose(self) -> ComposeResult:
@@ -126,6 +131,16 @@ class ClassifyScreen(Screen[None]):
     def action_focus_path(self) -> None:
         self.query_one("#image-path", Input).focus()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel":
+            return self.running
+        return True
+
+    def action_cancel(self) -> None:
+        """Cancel the running classification; the engine stops at its next batch."""
+        if self.worker is not None and self.running:
+            self.worker.cancel()
+
     def action_classify(self) -> None:
         text = self.query_one("#image-path", Input).value.strip()
         if not text:
@@ -139,6 +154,10 @@ class ClassifyScreen(Screen[None]):
 
     # -- classifying ---------------------------------------------------------------------------
 
+    @property
+    def running(self) -> bool:
+        return self.worker is not None and self.worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
+
     def classify(self, paths: list[str]) -> None:
         """Run the classifier over ``paths`` with the picked model."""
         model = self.query_one("#classify-model", ModelPicker).value
@@ -146,21 +165,32 @@ class ClassifyScreen(Screen[None]):
             self.notify("pick a model first: finish a run (F1) or type a bundle path / hf:ID", severity="warning")
             return
         self.results = {}
+        self.requested = len(paths)
         options = self.query_one("#classify-results", OptionList)
         options.clear_options()
+        options.border_title = "results"
         self.set_class(len(paths) > 1, "-many")
         self.pump = EventPump(self)
         self.show(paths[0])
         self.query_one("#top-k", ProbabilityBars).set_message("classifying ...")
         self.worker = self.classify_images(model, paths)
+        self.refresh_bindings()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="classify", name="classify_images")
     def classify_images(self, model: str, paths: list[str]) -> None:
-        """Iterate the classifier; a new request cancels this one."""
+        """Iterate the classifier until it ends or this worker is cancelled (Escape, or a new request)."""
         worker, pump = get_current_worker(), self.pump
         events = self.app.classifier(model, paths, top_k=TOP_K, device="auto", runs_dir=self.app.runs_dir, stop=worker.cancelled_event)
-        for event in events:
-            pump.put(event)
+        try:
+            for event in events:
+                if worker.is_cancelled:
+                    break
+                pump.put(event)
+        finally:
+            # A cancelled thread worker's thread runs on: closing the generator ends the engine now.
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
 
     @on(EventsReady)
     def _events_ready(self, message: EventsReady) -> None:
@@ -210,6 +240,15 @@ class ClassifyScreen(Screen[None]):
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
         if event.worker is not self.worker or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        self.refresh_bindings()
+        if event.state == WorkerState.CANCELLED:
+            # The thread may still be inside a batch: a fresh pump leaves its last events unread.
+            self.pump = EventPump(self)
+            done = f"cancelled after {len(self.results)} of {self.requested}"
+            self.query_one("#classify-results", OptionList).border_title = f"results ({done})"
+            if self.shown not in self.results:
+                self.query_one("#top-k", ProbabilityBars).set_message(f"{done} images: press Enter to classify again")
             return
         self.apply(self.pump.drain())
         if event.state == WorkerState.ERROR:

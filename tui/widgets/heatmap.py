@@ -17,6 +17,7 @@ from textual.color import Color
 from textual.widget import Widget
 
 LABEL = 11
+EMPTY = "no evaluation yet"
 
 
 class ConfusionHeatmap(Widget):
@@ -52,7 +53,9 @@ class ConfusionHeatmap(Widget):
         self.refresh(layout=True)
 
     def get_content_width(self, container, viewport) -> int:  # type: ignore[no-untyped-def]
-        return self.label_width + self.cell_width * max(1, len(self.class_names))
+        if not self.class_names:
+            return len(EMPTY)
+        return self.label_width + self.cell_width * len(self.class_names)
 
     def get_content_height(self, container, viewport, width) -> int:  # type: ignore[no-untyped-def]
         return 1 + max(1, len(self.class_names))
@@ -65,7 +68,7 @@ class ConfusionHeatmap(Widget):
     def render(self) -> RenderableType:
         axis = self.get_component_rich_style("confusion-heatmap--axis", partial=True)
         if not self.class_names:
-            return Text("no evaluation yet", style=axis)
+            return Text(EMPTY, style=axis)
         w, label_width = self.cell_width, self.label_width
         _, base = self.background_colors
         right = Color.from_rich_color(self.get_component_rich_style("confusion-heatmap--right", partial=True).color)
