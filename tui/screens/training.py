@@ -19,7 +19,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Label, ProgressBar, RichLog, Sparkline, Static
+from textual.widgets import DataTable, Footer, Label, ProgressBar, RichLog, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from core import events as ev
@@ -28,6 +28,7 @@ from tui.render import describe, format_seconds
 from tui.screens.dialogs import ConfirmScreen
 from tui.screens.pump import EventPump, EventsReady
 from tui.widgets.loss_chart import LossChart
+from tui.widgets.lr_chart import LrChart
 from tui.widgets.memory import MemoryPanel
 from tui.widgets.nav import NavBar
 
@@ -90,7 +91,7 @@ class TrainingScreen(Screen[None]):
                 yield LossChart(id="loss-chart")
             with Vertical(id="lr-box"):
                 yield Label("learning rate", classes="chart-title", id="lr-title")
-                yield Sparkline([], id="lr-sparkline")
+                yield LrChart(id="lr-chart")
         with Horizontal(id="training-bottom"):
             yield DataTable(id="epoch-table", cursor_type="row", zebra_stripes=True)
             yield RichLog(id="run-log", wrap=True, min_width=20, markup=False, highlight=False, max_lines=2000)
@@ -177,7 +178,8 @@ class TrainingScreen(Screen[None]):
             for event in events:
                 if isinstance(event, ev.BatchEnded):
                     self.losses.extend(event.losses)
-                    self.lrs.append(event.lr)
+                    # One rate per loss, so the two charts share their x-axis (batches).
+                    self.lrs.extend([event.lr] * max(1, len(event.losses)))
                     self.last_batch = event
                     self.stage = event.stage
                     continue
@@ -227,7 +229,7 @@ class TrainingScreen(Screen[None]):
     def _show_batch(self) -> None:
         b = self.last_batch
         self.query_one("#loss-chart", LossChart).set_values(self.losses)
-        self.query_one("#lr-sparkline", Sparkline).data = list(self.lrs)
+        self.query_one("#lr-chart", LrChart).set_values(self.lrs)
         if b is None:
             return
         self.query_one("#batch-progress", ProgressBar).update(total=b.batches, progress=b.batch)
