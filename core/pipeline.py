@@ -6,7 +6,8 @@
   features computed once (``core.features``);
 - ``device``: images decoded once into a uint8 tensor on the device and augmented there in
   batches (``core.fastdata``), when the dataset fits the memory budget and the augmentation
-  is ``none`` or ``crop-flip``;
+  is ``none`` or ``crop-flip`` (``DataCache`` decides once per run; a resumed run keeps the
+  checkpoint's record);
 - ``stream``: a multi-worker DataLoader with pinned memory and per-image torchvision
   transforms, for everything else (and on request, ``--data stream``).
 
@@ -76,7 +77,7 @@ class DataCache:
     images: dict[str, fastdata.DeviceImages | None] = field(default_factory=dict)
     features: dict[str, FeatureBatches] = field(default_factory=dict)
     unreadable: list[safedata.Unreadable] = field(default_factory=list)  # the training loop drains and logs these
-    decided: dict[str, str] = field(default_factory=dict)
+    decided: dict[str, str] = field(default_factory=dict)  # split -> device | stream, once decided (see ``path``)
 
     def __post_init__(self) -> None:
         self.recorded = dict(self.recorded) if self.mode == "auto" else {}  # an explicit --data needs no record
@@ -98,8 +99,11 @@ class DataCache:
     def path(self, split: str) -> str:
         """``device`` or ``stream`` for ``split``: the explicit mode, the recorded path, or the budget's verdict."""
         if split not in self.decided:
-            fits = self.mode == "auto" and self._need(split) <= fastdata.memory_budget(self.device)
-            self.decided[split] = self.mode if self.mode != "auto" else "device" if fits else "stream"
+            if self.mode != "auto":
+                self.decided[split] = self.mode
+            else:
+                fits = self._need(split) <= fastdata.memory_budget(self.device)
+                self.decided[split] = "device" if fits else "stream"
         return self.decided[split]
 
     def paths(self) -> dict[str, str]:
