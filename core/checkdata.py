@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from core.data import DEMO_DIR, IMAGE_EXTENSIONS, DataError, classify_image_error
+from core.data import DEMO_DIR, IMAGE_EXTENSIONS, DataError, classify_image_error, decode_threads
 
 IMBALANCE_WARNING = 2.0
 """Largest over smallest class count from which ``check-data`` warns."""
@@ -155,8 +154,8 @@ def check_dataset(
         raise DataError(f"{train_dir}: no images found; expected {train_dir}/<class>/<image>.jpg")
     infos: dict[str, _FileInfo] = {}
     done = 0
-    workers = threads or min(8, os.cpu_count() or 1)
     paths = [path for _, _, files, _ in scanned for path, _ in files]
+    workers = threads or decode_threads(paths, 8)
     with ThreadPoolExecutor(workers) as pool:
         for path, info in zip(paths, pool.map(inspect_file, paths)):
             infos[path] = info

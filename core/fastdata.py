@@ -72,33 +72,53 @@ def decode_all(
         return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
     from torchvision.transforms import v2
 
-    from concurrent.futures import ThreadPoolExecutor
+    from core.data import decode_threads, thread_map
 
-    to_image = v2.ToImage()
     square = [image_size, image_size]
     mode = _interp(interpolation)
 
-    def load(i: int) -> tuple[torch.Tensor, int]:
+    def load(i: int) -> tuple[np.ndarray | torch.Tensor, int]:
+        """An HWC uint8 array, or a CHW tensor already resized when the image is too large."""
         try:
             img, label = dataset[i]
         except Exception as exc:  # a file that passed the cheap check but does not decode
             from core.data import DataError
 
             raise DataError(f"{_path_of(dataset, i)}: cannot be decoded ({exc}); see `tlwork check-data`") from None
-        t = to_image(img)
-        if max(t.shape[-2:]) > image_size and tuple(t.shape[-2:]) != (image_size, image_size):
-            t = v2.functional.resize(t, square, interpolation=mode, antialias=True)
-        return t, int(label)
+        array = np.asarray(img)  # the pixels v2.ToImage would give, without a tensor per image
+        if max(array.shape[:2]) > image_size and array.shape[:2] != (image_size, image_size):
+            return v2.functional.resize(_chw(array), square, interpolation=mode, antialias=True), int(label)
+        return array, int(label)
 
-    # Pillow releases the GIL while decoding, so threads decode in parallel.
-    threads = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        pairs = list(pool.map(load, range(len(dataset)), chunksize=64))
-    images = [t for t, _ in pairs]
-    labels = [label for _, label in pairs]
+    paths = _paths(dataset)
+    threads = decode_threads(paths) if paths is not None else min(16, os.cpu_count() or 1)
+    pairs = thread_map(load, range(len(dataset)), threads)
+    labels = torch.tensor([label for _, label in pairs])
+    if all(isinstance(a, np.ndarray) for a, _ in pairs) and len({a.shape for a, _ in pairs}) == 1:
+        return torch.from_numpy(np.stack([a for a, _ in pairs])).permute(0, 3, 1, 2).contiguous(), labels
+    images = [_chw(a) if isinstance(a, np.ndarray) else a for a, _ in pairs]
     if len({tuple(t.shape) for t in images}) > 1:
         images = [t if list(t.shape[-2:]) == square else v2.functional.resize(t, square, interpolation=mode, antialias=True) for t in images]
-    return torch.stack(images), torch.tensor(labels)
+    return torch.stack(images), labels
+
+
+def _chw(array: np.ndarray) -> torch.Tensor:
+    """An HWC uint8 array (or HW, for a grey image) as a CHW tensor."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+def _paths(dataset: Any) -> list[str] | None:
+    """The files behind an ImageFiles dataset or a Subset of one, in order; None for others."""
+    indices = None
+    while hasattr(dataset, "indices") and hasattr(dataset, "base"):
+        indices = [dataset.indices[i] for i in indices] if indices is not None else list(dataset.indices)
+        dataset = dataset.base
+    samples = getattr(dataset, "samples", None)
+    if not samples:
+        return None
+    paths = [str(p) for p, _ in samples]
+    return [paths[i] for i in indices] if indices is not None else paths
 
 
 def _path_of(dataset: Any, index: int) -> str:
