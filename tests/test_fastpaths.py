@@ -66,7 +66,37 @@ def test_cached_probe_runs_the_backbone_once_per_split(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.models.resnet.ResNet, "_forward_impl", counting)
     _finish(_config(tmp_path, epochs=3))
-    assert calls["n"] == 800 + 200  # train + validation images, once, not once per epoch
+    # train + validation images, once, not once per epoch; and per split, 2 images through the
+    # model and its BatchNorm-folded copy, checking that the fold changes nothing
+    assert calls["n"] == 800 + 200 + 2 * (2 + 2)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "timm:tf_efficientnet_lite0", "timm:vit_tiny_patch16_224"])
+def test_batchnorm_folding_keeps_the_features_and_drops_every_batchnorm(backbone):
+    from core.features import fold_batchnorm, head_block, trunk_features
+    from core.models import build_model
+
+    torch.manual_seed(0)
+    model, info = build_model(backbone, 10, "none")
+    model.eval()
+    for m in model.modules():  # statistics away from (0, 1), as a pretrained network has
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+    block = model.get_submodule(head_block(model, info))
+    images = torch.randn(4, 3, 32, 32) if backbone != "timm:vit_tiny_patch16_224" else torch.randn(2, 3, 224, 224)
+    folded, folded_block = fold_batchnorm(model, block, images[:2])
+    with torch.inference_mode():
+        expected = trunk_features(model, block, images)
+        got = trunk_features(folded, folded_block, images)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    if backbone.startswith("timm:vit"):
+        assert folded is model  # nothing to fold: no copy
+    else:
+        assert folded is not model and batchnorms == 0
+        assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0  # the model itself is untouched
 
 
 def test_device_batches_equal_the_per_image_transform():
