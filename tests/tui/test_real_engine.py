@@ -75,7 +75,11 @@ async def test_a_real_run_stopped_midway_keeps_its_checkpoint(tmp_path: Path, mo
         await pilot.press("ctrl+t")
         await choose_tiny_backbone(pilot)
         app.screen.query_one("#epochs", Input).value = "50"
+        # Augmented, so every epoch runs the backbone: cached-feature epochs take milliseconds,
+        # and 50 of them could end before the stop key lands on a loaded machine.
+        app.screen.field("augment").set_value("crop-flip")
         await pilot.pause()
+        assert app.screen.config is not None and app.screen.config.augment == "crop-flip"
         await pilot.press("ctrl+r")
         training = app.training
         await wait_for(pilot, lambda: training.last_batch is not None or training.state == "failed", timeout=240)
