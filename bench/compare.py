@@ -33,6 +33,9 @@ from torchvision import transforms
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import notebook  # noqa: E402  (bench/notebook.py: the baseline's loop, shared with the whole-process benchmark)
 
 from core.config import RunConfig  # noqa: E402
 from core.data import CIFAR10_MEAN, CIFAR10_STD, DEMO_DIR  # noqa: E402
@@ -46,15 +49,20 @@ SHARED_DATA = SHARED / "data" / "cifar10-jpg" / "train"
 SHARED_WEIGHTS = SHARED / "models" / "tf_efficientnet_lite0.in1k.safetensors"
 
 
-def make_folder(source: Path, per_class: int, test_fraction: float, out: Path) -> Path:
-    """An imagefolder (train/ and test/) of symlinks to ``per_class`` images of each class."""
+def make_folder(source: Path, per_class: int, test_fraction: float, out: Path, repeat: int = 1) -> Path:
+    """An imagefolder (train/ and test/) of symlinks to ``per_class`` images of each class.
+
+    ``repeat`` links every training image that many times (under different names), to time
+    full-size epochs from a small source; the test split never repeats nor overlaps it.
+    """
     for cls in sorted(d.name for d in source.iterdir() if d.is_dir()):
         files = sorted((source / cls).glob("*.jpg"))[:per_class]
         n_test = max(1, int(len(files) * test_fraction))
-        for split, chunk in (("test", files[:n_test]), ("train", files[n_test:])):
+        for split, chunk, copies in (("test", files[:n_test], 1), ("train", files[n_test:], repeat)):
             (out / split / cls).mkdir(parents=True, exist_ok=True)
-            for f in chunk:
-                (out / split / cls / f.name).symlink_to(f.resolve())
+            for k in range(copies):
+                for f in chunk:
+                    (out / split / cls / (f.name if k == 0 else f"{f.stem}-{k}{f.suffix}")).symlink_to(f.resolve())
     return out
 
 
@@ -74,45 +82,19 @@ def notebook_loaders(folder: Path, size: int, batch: int) -> tuple[torch.utils.d
 
 
 def notebook_accuracy(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device) -> tuple[float, int]:
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            correct += (model(x).argmax(1) == y).sum().item()
-            total += y.numel()
+    correct, total = notebook.test_accuracy(model, loader, device)
     return correct / max(1, total), total
 
 
-def notebook_run(model: nn.Module, head: str, train_loader, test_loader, device, epochs: int, lr: float, probe: bool) -> dict:
-    """The notebook's loop: forward, loss, backward, step, running_loss += loss.item()."""
-    for name, p in model.named_parameters():
-        p.requires_grad = not probe or name.startswith(head + ".")
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    crit = nn.CrossEntropyLoss()
+def notebook_run(model: nn.Module, head: str, train_loader, test_loader, device, epochs: int, probe: bool) -> dict:
+    """bench/notebook.py's loop, timed with its test accuracy (see the module docstring for --bn-eval)."""
     sync(device)
     start = time.perf_counter()
-    images = 0
-    for _ in range(epochs):
-        model.train()
-        if probe:  # see the module docstring
-            for n, m in model.named_modules():
-                if n and not n.startswith(head):
-                    m.eval()
-        running = 0.0
-        for x, y in train_loader:
-            x, y = x.to(device), y.to(device)
-            opt.zero_grad()
-            loss = crit(model(x), y)
-            loss.backward()
-            opt.step()
-            running += loss.item()
-            images += y.numel()
+    notebook.train_loop(model, head, train_loader, device, epochs, probe, bn_eval=True, log=False)
     acc, _ = notebook_accuracy(model, test_loader, device)
     sync(device)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "images": images, "accuracy": acc}
+    return {"seconds": seconds, "images": len(train_loader.dataset) * epochs, "accuracy": acc}
 
 
 def tlwork_run(folder: Path, args: argparse.Namespace, mode: str, epochs: int, runs: Path) -> dict:
@@ -197,7 +179,7 @@ def main() -> None:
         built = time.perf_counter()
         model, head = fresh()  # counted: tlwork's timing includes building and loading its model too
         built = time.perf_counter() - built
-        base = notebook_run(model, head, train_loader, test_loader, device, epochs, 1e-3 if probe else 5e-4, probe)
+        base = notebook_run(model, head, train_loader, test_loader, device, epochs, probe)
         base["seconds"] += built
         fast = tlwork_run(folder, args, mode, epochs, runs)
         rows.append((label, base, fast))

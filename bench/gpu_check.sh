@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check behind bench/RESULTS.md's cuda section, run on a lent GPU machine from the
 # repository root: a CUDA smoke run (bf16 autocast, channels_last, device-resident data),
-# its evaluation, then bench/compare.py at 224 px. DATA holds ../shared's CIFAR-10 JPEGs
-# and EfficientNet-Lite0 weights (copied there, since ../shared does not travel).
+# its evaluation, bench/compare.py at 224 px, then bench/wholeprocess.py on a full-size
+# epoch. DATA holds ../shared's CIFAR-10 JPEGs and EfficientNet-Lite0 weights (copied
+# there, since ../shared does not travel).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 DATA=${DATA:-.gpudata}
@@ -16,5 +17,10 @@ tlwork run --mode finetune --dataset demo --weights none --image-size 224 --epoc
 grep -E '"event": "(run_started|epoch_ended|run_finished)"' "$OUT/smoke.jsonl" | cut -c1-400
 tlwork eval "$OUT/runs/cuda-smoke" --json | cut -c1-300
 python3 bench/compare.py --device cuda --image-size 224 --per-class 500 --batch-size 256 \
+  --source "$DATA/cifar10-jpg/train" --backbone timm:tf_efficientnet_lite0 \
+  --weights "$DATA/tf_efficientnet_lite0.in1k.safetensors" --out "$OUT/RESULTS.md"
+# Whole processes on a full-size epoch (4,500 training images linked 10 times = 45,000, about
+# CIFAR-10's 50,000): `tlwork run --mode finetune` against bench/notebook.py, then evaluation.
+python3 bench/wholeprocess.py --device cuda --image-size 224 --per-class 500 --repeat 10 --tasks finetune,eval \
   --source "$DATA/cifar10-jpg/train" --backbone timm:tf_efficientnet_lite0 \
   --weights "$DATA/tf_efficientnet_lite0.in1k.safetensors" --out "$OUT/RESULTS.md"
