@@ -303,6 +303,7 @@ def _train(
                 batches = len(loader)
                 yield emit(ev.EpochStarted(epoch, config.total_epochs, stage.name, batches))
                 epoch_start = time.perf_counter()
+                batch_lr = current_lr(optimizer)
                 train_mode(forward)
                 loss_sum = torch.zeros((), device=device, dtype=torch.float64)
                 correct = torch.zeros((), device=device, dtype=torch.long)
@@ -360,6 +361,7 @@ def _train(
                                     f"{config.max_nonfinite} (the last at epoch {epoch}, batch {batch_index}); the run stopped "
                                     f"and {kept(state.last_checkpoint)}; lower --lr"
                                 )
+                    batch_lr = current_lr(optimizer)  # the rate this batch trained at, before the schedule moves on
                     step_scheduler(scheduler, quiet=not stepped)
                     state.step += 1
                     if stepped:
@@ -385,7 +387,7 @@ def _train(
                         eta = elapsed / max(1, state.step - state.first_step) * (total_steps - state.step)
                         yield ev.BatchEnded(
                             epoch, batch_index, batches, state.step, total_steps, tuple(losses),
-                            current_lr(optimizer), rate, min(1.0, wait / max(1e-9, now - window_start)),
+                            batch_lr, rate, min(1.0, wait / max(1e-9, now - window_start)),
                             elapsed, eta, stage.name,
                         )
                         bad = first_nonfinite(losses, pending_batches)
@@ -421,7 +423,7 @@ def _train(
                 yield emit(
                     ev.EpochEnded(
                         epoch, config.total_epochs, stage.name, loss_sum.item() / max(1, seen), correct.item() / max(1, seen),
-                        val["loss"], val["top1"], current_lr(optimizer), time.perf_counter() - epoch_start,
+                        val["loss"], val["top1"], batch_lr, time.perf_counter() - epoch_start,
                         seen / max(1e-9, train_seconds),
                     )
                 )

@@ -83,6 +83,19 @@ def test_every_batch_can_be_its_own_event(
     assert [e.step for e in batches] == [1, 2, 3, 4, 5]
 
 
+def test_reported_learning_rate_is_the_one_each_batch_trained_at(
+    tiny_config: Callable[..., RunConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # StepLR(1, 0.1): epoch 1 trains at 1e-2, epoch 2 at 1e-3. The last batch of epoch 1 and
+    # the epoch's summary must say 1e-2, not the rate the schedule has already moved on to.
+    monkeypatch.setattr("core.train.EMIT_INTERVAL", 0.0)
+    config = tiny_config(epochs=2, lr=1e-2, scheduler="step", step_size=1, step_gamma=0.1)
+    events = list(train(config))
+    by_epoch = {(e.epoch, e.batch): round(e.lr, 12) for e in events if isinstance(e, ev.BatchEnded)}
+    assert by_epoch == {(1, 1): 1e-2, (1, 2): 1e-2, (1, 3): 1e-2, (2, 1): 1e-3, (2, 2): 1e-3, (2, 3): 1e-3}
+    assert [round(e.lr, 12) for e in events if isinstance(e, ev.EpochEnded)] == [1e-2, 1e-3]
+
+
 def test_run_directory_records_the_run(finished_run: FinishedRun) -> None:
     run_dir = finished_run.run_dir
     assert run_dir == finished_run.runs_dir / "tiny"
