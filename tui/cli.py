@@ -201,7 +201,7 @@ def run(
     device: str = typer.Option("auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu"),
     workers: Optional[int] = typer.Option(None, help="data-loader processes (default: 0 on CPU, up to 8 beside a GPU)"),
     amp: bool = typer.Option(True, help="bf16 autocast on CUDA"),
-    channels_last: bool = typer.Option(True, help="channels-last memory format on CUDA"),
+    channels_last: bool = typer.Option(True, help="channels-last memory format (CUDA and CPU; faster convolutions on both)"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
     data: str = typer.Option("auto", help=_choice_help(registry.DATA_PATHS)),
     cache_features: bool = typer.Option(
