@@ -118,7 +118,7 @@ def main() -> None:
         machine += f", {torch.cuda.get_device_name(0)}"
     fmt = lambda a: "-" if a != a else f"{100 * a:.1f}%"  # noqa: E731
     lines = [
-        f"## {'GPU' if args.device.startswith('cuda') else 'CPU'}, whole process\n",
+        f"## {'GPU' if args.device.startswith('cuda') else 'CPU'}, whole processes, {args.image_size} px\n",
         f"Machine: {machine}; torch {torch.__version__}; device {args.device}.  ",
         f"Data: {args.per_class} images/class from {args.source} ({n_train} train"
         f"{f', each image {args.repeat} times' if args.repeat > 1 else ''}, {n_test} test) at {args.image_size}px, "
@@ -150,7 +150,7 @@ def main() -> None:
     )
     table = "\n".join(lines) + "\n"
     print(table)
-    key = re.sub(r"\W", "", args.device.split(":")[0]) + "-whole"
+    key = re.sub(r"\W", "", args.device.split(":")[0]) + f"-whole-{args.image_size:03d}px"
     write_section(Path(args.out), key, table)
 
 
