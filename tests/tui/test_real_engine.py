@@ -103,7 +103,9 @@ async def test_a_run_stopped_after_an_epoch_resumes_from_the_runs_screen(tmp_pat
     async with app.run_test(size=(110, 34)) as pilot:
         await pilot.press("ctrl+t")
         await choose_tiny_backbone(pilot)
-        app.screen.query_one("#epochs", Input).value = "50"  # a probe on cached features: epochs take milliseconds
+        # A probe on cached features: an epoch takes milliseconds, so enough of them that the
+        # stop key lands long before the last.
+        app.screen.query_one("#epochs", Input).value = "100"
         await pilot.pause()
         await pilot.press("ctrl+r")
         training = app.training
@@ -126,5 +128,5 @@ async def test_a_run_stopped_after_an_epoch_resumes_from_the_runs_screen(tmp_pat
         starts = [r for r in records if r["event"] == "run_started"]
         epochs = [r["epoch"] for r in records if r["event"] == "epoch_ended"]
         stopped_at = next(r["epoch"] for r in records if r["event"] == "run_stopped")
-        assert epochs == list(range(1, 51)) and stopped_at < 50  # each epoch once, none lost or repeated
+        assert epochs == list(range(1, 101)) and stopped_at < 100  # each epoch once, none lost or repeated
         assert len(starts) == 2 and starts[1]["start_step"] == 13 * stopped_at  # went on where it stopped
