@@ -181,16 +181,7 @@ class ClassifyScreen(Screen[None]):
         """Iterate the classifier until it ends or this worker is cancelled (Escape, or a new request)."""
         worker, pump = get_current_worker(), self.pump
         events = self.app.classifier(model, paths, top_k=TOP_K, device="auto", runs_dir=self.app.runs_dir, stop=worker.cancelled_event)
-        try:
-            for event in events:
-                if worker.is_cancelled:
-                    break
-                pump.put(event)
-        finally:
-            # A cancelled thread worker's thread runs on: closing the generator ends the engine now.
-            close = getattr(events, "close", None)
-            if close is not None:
-                close()
+        pump.feed(events, worker.cancelled_event)
 
     @on(EventsReady)
     def _events_ready(self, message: EventsReady) -> None:

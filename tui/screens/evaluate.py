@@ -131,17 +131,7 @@ class EvaluateScreen(Screen[None]):
             model, dataset, data_dir=self.app.data_dir, runs_dir=self.app.runs_dir, batch_size=None,
             device="auto", stop=worker.cancelled_event,
         )
-        try:
-            for event in events:
-                if worker.is_cancelled:
-                    break
-                pump.put(event)
-        finally:
-            # Cancelling a thread worker does not stop its thread: closing the generator here
-            # ends the engine at the event it is on instead of whenever it next checks ``stop``.
-            close = getattr(events, "close", None)
-            if close is not None:
-                close()
+        pump.feed(events, worker.cancelled_event)
 
     @on(EventsReady)
     def _events_ready(self, message: EventsReady) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from textual.message import Message
 from textual.message_pump import MessagePump
@@ -67,6 +67,23 @@ class EventPump:
             self._posted = True
             self._last = now
         self.target.post_message(EventsReady(self))
+
+    def feed(self, events: Iterable[Any], cancelled: threading.Event) -> None:
+        """``put`` every event of an engine generator until it ends or ``cancelled`` is set.
+
+        Cancelling a thread worker does not stop its thread: closing the generator here ends
+        the engine at the event it is on, instead of whenever it next checks its ``stop``, and
+        nothing it yields after the cancel reaches the screen.
+        """
+        try:
+            for event in events:
+                if cancelled.is_set():
+                    break
+                self.put(event)
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
 
     def drain(self) -> list[Any]:
         """Every buffered event, oldest first; the buffer is left empty."""
