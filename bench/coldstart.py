@@ -33,9 +33,9 @@ CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 def make_bundle(folder: Path) -> Path:
     """A ResNet-18 bundle with CIFAR-10 labels (random weights: start-up cost does not depend on them)."""
-    from core.bundle import save_bundle
-    from core.models import build_model
-    from core.transforms import Preprocessing
+    from core.runs.bundle import save_bundle
+    from core.models.build import build_model
+    from core.data.transforms import Preprocessing
 
     model, info = build_model("resnet18", 10, "none")
     save_bundle(folder, model, info.arch(), CIFAR10, Preprocessing(224, info.mean, info.std), {"amp": True})

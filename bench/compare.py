@@ -4,7 +4,7 @@ Times, on the same images and the same backbone:
   (a) 5 linear-probe epochs, (b) one fine-tune epoch, (c) evaluation of the test split,
 once with a baseline written from the notebook's description (PIL Resize + ToTensor +
 Normalize in a DataLoader with num_workers=0, fp32, ``loss.item()`` every batch) and once
-through ``core.train.train`` / ``core.evaluate.evaluate``. Prints images/s, the ratios and
+through ``core.training.train.train`` / ``core.inference.evaluate.evaluate``. Prints images/s, the ratios and
 the accuracies, and writes the table to bench/RESULTS.md with the machine it ran on.
 
 Both sides' times include building the model and loading its weights file. Only deviation
@@ -38,11 +38,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 import notebook  # noqa: E402  (bench/notebook.py: the baseline's loop, shared with the whole-process benchmark)
 
 from core.config import RunConfig  # noqa: E402
-from core.data import CIFAR10_MEAN, CIFAR10_STD, DEMO_DIR  # noqa: E402
-from core.evaluate import evaluate  # noqa: E402
+from core.data.datasets import CIFAR10_MEAN, CIFAR10_STD, DEMO_DIR  # noqa: E402
+from core.inference.evaluate import evaluate  # noqa: E402
 from core.events import EvaluationEnded, RunFinished  # noqa: E402
-from core.models import build_model  # noqa: E402
-from core.train import train  # noqa: E402
+from core.models.build import build_model  # noqa: E402
+from core.training.train import train  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 SHARED_DATA = SHARED / "data" / "cifar10-jpg" / "train"

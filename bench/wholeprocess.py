@@ -131,7 +131,7 @@ def main() -> None:
     lines.append("")
     fine = [r for r in rows if r[0] == "fine-tune x1"]
     if args.device.startswith("cuda") and fine:
-        from core.models import build_model
+        from core.models.build import build_model
 
         model, _ = build_model(args.backbone, 10, args.weights)
         flops = 3 * flops_per_image(model.to(args.device), args.image_size, torch.device(args.device))  # forward + backward

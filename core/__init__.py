@@ -1,7 +1,7 @@
 """tlwork's engine: datasets, backbones, freeze modes, training and evaluation, with no UI.
 
 Importing ``core`` is cheap and pulls in neither torch nor any front-end package; the heavy
-modules (``core.train``, ``core.evaluate``, ``core.models``...) import torch when used.
+modules (``core.training.train``, ``core.inference.evaluate``, ``core.models``...) import torch when used.
 Front ends consume the engine's generators of typed events (``core.events``).
 """
 

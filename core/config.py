@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 from core import registry
+from core.errors import ConfigError
 
 Mode = Literal["linear-probe", "finetune", "partial", "probe-then-finetune"]
 Augment = Literal["none", "crop-flip", "randaugment", "trivialaugment"]
@@ -27,8 +28,6 @@ DataPath = Literal["auto", "device", "stream"]
 MIN_IMAGE_SIZE = 16
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message is one line naming the problem and the fix."""
 
 
 # The notebook's recipe for each mode: probing at SGD 1e-3 with no augmentation, fine-tuning

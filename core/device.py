@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from core.config import ConfigError
+from core.errors import ConfigError
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -136,3 +136,20 @@ def process_stats() -> dict[str, float]:
         _PROC = psutil.Process(os.getpid())
         _PROC.cpu_percent(None)
     return {"rss": _PROC.memory_info().rss / (1024 * 1024), "cpu": _PROC.cpu_percent(None)}
+
+
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's OutOfMemoryError and the allocator errors MPS and the CPU raise instead."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    if isinstance(exc, (RuntimeError, MemoryError)):
+        text = str(exc).lower()
+        return isinstance(exc, MemoryError) or any(m in text for m in _OOM_MARKERS)
+    return False
+
+

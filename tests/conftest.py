@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-
-from core.config import RunConfig
 from tinydata import (  # noqa: F401  (re-exported for tests that still import from conftest)
     CIFAR10_CLASSES,
     REPO_ROOT,
@@ -32,6 +30,8 @@ from tinydata import (  # noqa: F401  (re-exported for tests that still import f
     make_image_folder,
     save_tiny_vit,
 )
+
+from core.config import RunConfig
 
 # Tiny models gain nothing from intra-op threads, and two xdist workers (or any other busy
 # process) on two cores make torch's spinning thread pool several times slower than one
@@ -83,7 +83,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
     Treat it as read-only: copy the directory before changing anything in it.
     """
     from core.events import RunFinished
-    from core.train import train
+    from core.training.train import train
 
     root = tmp_path_factory.mktemp("finished-run")
     folder = make_image_folder(root / "data")

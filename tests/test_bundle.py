@@ -15,15 +15,15 @@ from typing import Any, Iterable
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tinydata import TINY_BACKBONE, FinishedRun, make_image_folder
 from torch import nn
 
-from core.bundle import bundle_dir, load_bundle, read_meta, save_bundle
-from core.config import ConfigError
-from core.evaluate import evaluate
+from core.data.transforms import Preprocessing
+from core.errors import ConfigError, WeightsUnavailable
 from core.events import EvaluationEnded
-from core.models import WeightsUnavailable, build_model
-from core.transforms import Preprocessing
-from tinydata import TINY_BACKBONE, FinishedRun, make_image_folder
+from core.inference.evaluate import evaluate
+from core.models.build import build_model
+from core.runs.bundle import bundle_dir, load_bundle, read_meta, save_bundle
 
 
 def scored(events: Iterable[Any]) -> EvaluationEnded:

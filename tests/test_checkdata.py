@@ -15,11 +15,12 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import make_image_folder
 from typer.testing import CliRunner
 
-from conftest import make_image_folder
-from core.checkdata import check_dataset
-from core.data import DEMO_DIR, open_rgb
+from core.data.checkdata import check_dataset
+from core.data.datasets import DEMO_DIR
+from core.data.images import open_rgb
 from tui.cli import app
 
 

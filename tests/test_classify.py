@@ -1,4 +1,4 @@
-"""``tlwork classify`` and ``core.classify``: pipeline parity, bundles as evaluated, bad files, output formats.
+"""``tlwork classify`` and ``core.inference.classify``: pipeline parity, bundles as evaluated, bad files, output formats.
 
 A tiny ViT saved with ``save_pretrained`` (``tiny_vit``) stands in for a hub model; the
 session's ``finished_run`` is the bundle. Bad inputs are real files (missing, text, empty,
@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from tinydata import REPO_ROOT, FinishedRun
 from typer.testing import CliRunner
 
-from tinydata import REPO_ROOT, FinishedRun
-from core.classify import classify
-from core.config import ConfigError
-from core.data import DEMO_DIR
+from core.data.datasets import DEMO_DIR
+from core.errors import ConfigError
 from core.events import ClassificationEnded, ClassificationStarted, EvaluationEnded, ImageClassified, ImageFailed
+from core.inference.classify import classify
 from tui.classify_cmd import EXIT_PARTIAL
 from tui.cli import app
 
@@ -107,7 +107,7 @@ def test_cli_csv_is_one_row_per_image(tiny_vit: Path, tmp_path: Path) -> None:
 
 
 def test_a_bundle_classifies_exactly_as_evaluation_scored_it(finished_run: FinishedRun) -> None:
-    from core.evaluate import evaluate
+    from core.inference.evaluate import evaluate
 
     test_dir = Path(finished_run.config.dataset.split(":", 1)[1]) / "test"
     scored = list(evaluate(str(finished_run.run_dir), device="cpu"))[-1]
@@ -263,7 +263,7 @@ def test_a_bundle_never_imports_transformers(finished_run: FinishedRun) -> None:
         "import sys\n"
         "import tui.cli\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'the CLI imported torch'\n"
-        "from core.classify import classify\n"
+        "from core.inference.classify import classify\n"
         f"events = list(classify({str(finished_run.run_dir)!r}, {_demo_images(2)!r}, device='cpu'))\n"
         "assert events[-1].classified == 2\n"
         "print('transformers' in sys.modules)\n"

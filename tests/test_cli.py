@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tinydata import TINY_BACKBONE, FinishedRun
 from typer.testing import CliRunner
 
 from core import registry
-from tinydata import TINY_BACKBONE, FinishedRun
 from tui.cli import app
 
 DEMO_ARGS = ["--mode", "finetune", "--dataset", "demo", "--weights", "none", "--image-size", "32", "--epochs", "1"]
@@ -225,7 +225,7 @@ def test_unknown_models_and_weight_files_exit_2(args: list[str], fragment: str, 
 def test_weights_for_another_backbone_exit_3(tiny_folder: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from core.models import build_model
+    from core.models.build import build_model
 
     other, _ = build_model("timm:test_efficientnet", 3, "none")
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "other.safetensors"))
@@ -291,10 +291,10 @@ def test_imagenet_weights_that_cannot_be_downloaded_exit_3_naming_file_and_cache
 def test_timm_weights_that_cannot_be_downloaded_exit_3_at_once(tiny_folder: Path, tmp_path: Path) -> None:
     from huggingface_hub import constants, try_to_load_from_cache
 
-    from core.hf import _hub_reachable
+    from core.models.hub import hub_reachable
 
     repo = "timm/test_resnet.r160_in1k"
-    if isinstance(try_to_load_from_cache(repo, "model.safetensors"), str) or _hub_reachable():
+    if isinstance(try_to_load_from_cache(repo, "model.safetensors"), str) or hub_reachable():
         pytest.skip("the weights are cached or the Hugging Face Hub is reachable here")
     result = invoke(
         "run", "--dataset", f"imagefolder:{tiny_folder}", "--backbone", TINY_BACKBONE, "--weights", "imagenet",

@@ -10,20 +10,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from tinydata import make_image_folder
 from typer.testing import CliRunner
 
 from core import registry
-from core.config import (
-    Augment,
-    ConfigError,
-    Mode,
-    Normalize,
-    Optimizer,
-    RunConfig,
-    Scheduler,
-    literal_choices,
-)
-from tinydata import make_image_folder
+from core.config import Augment, Mode, Normalize, Optimizer, RunConfig, Scheduler, literal_choices
+from core.errors import ConfigError
 
 
 def test_json_round_trip_keeps_every_field() -> None:

@@ -8,9 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from core.data import DataError, load_splits, stratified_split, targets_of
 from tinydata import make_image_folder
+
+from core.data.datasets import load_splits, stratified_split, targets_of
+from core.errors import DataError
 
 
 def per_class(dataset: object) -> dict[int, int]:

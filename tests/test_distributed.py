@@ -29,11 +29,12 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from core import events as ev
-from core.config import ConfigError, RunConfig
-from core.distributed import Shard
-from core.resume import resume
-from core.runs import read_metrics
-from core.train import train
+from core.config import RunConfig
+from core.data.sampler import Shard
+from core.errors import ConfigError
+from core.runs.store import read_metrics
+from core.training.resume import resume
+from core.training.train import train
 from tui.cli import app
 
 pytestmark = pytest.mark.slow
@@ -119,7 +120,7 @@ def test_two_workers_train_like_one_process_with_the_global_batch(tmp_path: Path
     reference = weights(single_run)
     assert largest_difference(weights(run_dir), reference) < WEIGHT_TOLERANCE
     initial = RunConfig(**SETTINGS, batch_size=32, runs_dir=str(tmp_path / "init"))
-    from core.models import build_model
+    from core.models.build import build_model
 
     torch.manual_seed(initial.seed)
     model, _ = build_model(initial.backbone, 10, "none")

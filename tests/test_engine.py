@@ -15,14 +15,14 @@ from typing import Any, Callable, Iterable
 import pytest
 import torch
 from safetensors.torch import load_file
+from tinydata import FinishedRun
 
 from core import events as ev
-from core.checkpoint import load_model_state, read_checkpoint
 from core.config import RunConfig
-from core.models import build_model, count_params
-from core.runs import read_metrics
-from core.train import train
-from tinydata import FinishedRun
+from core.models.build import build_model, count_params
+from core.runs.checkpoint import load_model_state, read_checkpoint
+from core.runs.store import read_metrics
+from core.training.train import train
 
 
 def shape(events: Iterable[Any]) -> list[str]:
@@ -77,7 +77,7 @@ def test_every_batch_can_be_its_own_event(
     tiny_config: Callable[..., RunConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # With no coalescing window each batch is reported alone, in order.
-    monkeypatch.setattr("core.train.EMIT_INTERVAL", 0.0)
+    monkeypatch.setattr("core.training.train.EMIT_INTERVAL", 0.0)
     batches = [e for e in train(tiny_config(batch_size=8)) if isinstance(e, ev.BatchEnded)]
     assert [(e.batch, len(e.losses)) for e in batches] == [(i, 1) for i in range(1, 6)]
     assert [e.step for e in batches] == [1, 2, 3, 4, 5]
@@ -88,7 +88,7 @@ def test_reported_learning_rate_is_the_one_each_batch_trained_at(
 ) -> None:
     # StepLR(1, 0.1): epoch 1 trains at 1e-2, epoch 2 at 1e-3. The last batch of epoch 1 and
     # the epoch's summary must say 1e-2, not the rate the schedule has already moved on to.
-    monkeypatch.setattr("core.train.EMIT_INTERVAL", 0.0)
+    monkeypatch.setattr("core.training.train.EMIT_INTERVAL", 0.0)
     config = tiny_config(epochs=2, lr=1e-2, scheduler="step", step_size=1, step_gamma=0.1)
     events = list(train(config))
     by_epoch = {(e.epoch, e.batch): round(e.lr, 12) for e in events if isinstance(e, ev.BatchEnded)}
@@ -136,7 +136,7 @@ def test_probe_then_finetune_runs_two_stages(tiny_config: Callable[..., RunConfi
 def test_stop_saves_a_loadable_checkpoint_and_returns(
     tiny_config: Callable[..., RunConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("core.train.EMIT_INTERVAL", 0.0)
+    monkeypatch.setattr("core.training.train.EMIT_INTERVAL", 0.0)
     stop = threading.Event()
     events: list[Any] = []
     config = tiny_config(epochs=2, batch_size=8)
@@ -205,7 +205,7 @@ def test_two_runs_with_one_name_get_two_directories(tiny_config: Callable[..., R
 
 
 def test_a_bad_config_raises_before_writing_anything(tiny_config: Callable[..., RunConfig]) -> None:
-    from core.config import ConfigError
+    from core.errors import ConfigError
 
     config = tiny_config(lr=-1.0)
     with pytest.raises(ConfigError, match="--lr"):

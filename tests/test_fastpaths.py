@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from core.config import RunConfig
-from core.data import load_splits
+from core.data.datasets import load_splits
+from core.data.fastdata import DeviceImages, decode_all, epoch_generator, random_crop_flip, random_crop_flip_params
+from core.data.transforms import Preprocessing, eval_transform
 from core.events import MessageLogged, RunFinished
-from core.fastdata import DeviceImages, decode_all, epoch_generator, random_crop_flip, random_crop_flip_params
-from core.train import train
-from core.transforms import Preprocessing, eval_transform
+from core.training.train import train
 
 CPU = torch.device("cpu")
 
@@ -73,8 +73,8 @@ def test_cached_probe_runs_the_backbone_once_per_split(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("backbone", ["resnet18", "timm:tf_efficientnet_lite0", "timm:vit_tiny_patch16_224"])
 def test_batchnorm_folding_keeps_the_features_and_drops_every_batchnorm(backbone):
-    from core.features import fold_batchnorm, head_block, trunk_features
-    from core.models import build_model
+    from core.models.build import build_model
+    from core.training.features import fold_batchnorm, head_block, trunk_features
 
     torch.manual_seed(0)
     model, info = build_model(backbone, 10, "none")
@@ -138,7 +138,7 @@ def test_resumed_epoch_draws_the_same_augmentation():
 def test_augmented_probe_trains_only_the_head(tmp_path):
     finished, paths = _finish(_config(tmp_path, augment="crop-flip", epochs=1))
     assert paths == ["stage probe: device data path"]
-    from core.models import build_model
+    from core.models.build import build_model
 
     torch.manual_seed(3)
     fresh, _ = build_model("resnet18", 10, "none")

@@ -20,19 +20,18 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from conftest import TINY_BACKBONE, make_image_folder
 from safetensors.torch import load_file
+from test_checkdata import corrupt_folder
 from typer.testing import CliRunner
 
-from conftest import TINY_BACKBONE, make_image_folder
-from test_checkdata import corrupt_folder
 from core import events as ev
-from core.checkpoint import read_checkpoint
 from core.config import RunConfig
-from core.data import DataError
-from core.faults import NonFiniteLoss, OutOfMemory
-from core.resume import prepare
-from core.runs import read_metrics
-from core.train import train
+from core.errors import DataError, NonFiniteLoss, OutOfMemory
+from core.runs.checkpoint import read_checkpoint
+from core.runs.resumption import prepare
+from core.runs.store import read_metrics
+from core.training.train import train
 from tui.cli import app
 
 PY = [sys.executable, "-c", "from tui.cli import main; main()"]
@@ -55,16 +54,16 @@ def config_for(folder: Path, runs: Path, **overrides: Any) -> RunConfig:
 
 def hook_model(monkeypatch: pytest.MonkeyPatch, hook: Callable[[torch.nn.Module, Any, Any], Any], pre: bool = False) -> None:
     """Attach ``hook`` to the model the engine builds (the injection point for faults a CPU lacks)."""
-    import core.train
+    import core.training.train
 
-    real = core.train.build_model
+    real = core.training.train.build_model
 
     def build(*args: Any, **kwargs: Any) -> Any:
         model, info = real(*args, **kwargs)
         (model.register_forward_pre_hook if pre else model.register_forward_hook)(hook)
         return model, info
 
-    monkeypatch.setattr(core.train, "build_model", build)
+    monkeypatch.setattr(core.training.train, "build_model", build)
 
 
 def nan_at(monkeypatch: pytest.MonkeyPatch, calls: set[int]) -> None:
@@ -370,7 +369,7 @@ def test_an_image_that_breaks_during_training_is_skipped_and_counted(
     blob = bytearray((root / "train/circle/photo.jpg").read_bytes())
     blob[len(blob) // 2 : len(blob) // 2 + 64] = b"\xff" * 64  # the end-of-image marker stays
     (root / "train/circle/photo.jpg").write_bytes(bytes(blob))
-    monkeypatch.setattr("core.data.FULL_CHECK_LIMIT", 0)
+    monkeypatch.setattr("core.data.images.FULL_CHECK_LIMIT", 0)
     events = list(train(config_for(root, tmp_path / "runs", epochs=2, data="stream", batch_size=5)))
     assert isinstance(events[-1], ev.RunFinished)
     assert events[0].train_size == 25

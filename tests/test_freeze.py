@@ -1,6 +1,6 @@
 """Freeze modes: what a linear probe, a fine-tune and a partial run may and may not change.
 
-The first tests drive ``core.freeze`` with real optimiser steps on real backbones (a
+The first tests drive ``core.models.freeze`` with real optimiser steps on real backbones (a
 torchvision ResNet-18 and a timm ResNet). The engine tests then start a run from a weights
 file and compare the saved bundle with that file, tensor for tensor: a linear probe must
 leave every backbone parameter and every BatchNorm running statistic bit-identical.
@@ -14,14 +14,15 @@ from typing import Callable
 import pytest
 import torch
 from safetensors.torch import load_file
+from tinydata import TINY_BACKBONE
 from torch import nn
 
 from core.config import RunConfig
-from core.freeze import freeze, train_mode, trainable_parameters
-from core.models import ModelInfo, build_model
-from core.schedule import make_optimizer
-from core.train import train
-from tinydata import TINY_BACKBONE
+from core.models.build import build_model
+from core.models.freeze import freeze, train_mode, trainable_parameters
+from core.models.info import ModelInfo
+from core.training.schedule import make_optimizer
+from core.training.train import train
 
 BACKBONES = ["resnet18", TINY_BACKBONE]
 

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tinydata import CIFAR10_CLASSES, REPO_ROOT, make_image_folder, save_tiny_vit
-from core.config import ConfigError, RunConfig
+
+from core.config import RunConfig
+from core.errors import ConfigError
 from core.events import BatchEnded, EvaluationEnded, RunFinished
-from core.evaluate import evaluate
-from core.freeze import freeze
-from core.models import build_model
+from core.inference.evaluate import evaluate
+from core.models.build import build_model
+from core.models.freeze import freeze
 
 
 def _pretrained(folder: Path) -> dict[str, torch.Tensor]:
@@ -98,7 +99,7 @@ def test_two_batches_of_finetuning_and_the_bundle_reloads_offline(tmp_path: Path
     assert not torch.equal(trained["model." + key], pretrained[key])  # fine-tuning moved the trunk
 
     shutil.rmtree(source)  # the bundle must not need the folder (or the Hub) it was trained from
-    from core.bundle import load_bundle
+    from core.runs.bundle import load_bundle
 
     bundle = load_bundle(run_dir)
     assert bundle.model.model.config.id2label == {0: "checks", 1: "circle", 2: "stripes"}
@@ -109,7 +110,7 @@ def test_two_batches_of_finetuning_and_the_bundle_reloads_offline(tmp_path: Path
 
 
 def train_events(config: RunConfig) -> list:
-    from core.train import train
+    from core.training.train import train
 
     return list(train(config))
 
@@ -118,7 +119,8 @@ def _manual_top1(folder: Path, labels: list[str]) -> tuple[float, int]:
     """Accuracy of the raw transformers model on the demo test split, by class name."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from core.data import DEMO_DIR, open_rgb
+    from core.data.datasets import DEMO_DIR
+    from core.data.images import open_rgb
 
     processor = AutoImageProcessor.from_pretrained(folder)
     model = AutoModelForImageClassification.from_pretrained(folder).eval()
@@ -161,7 +163,7 @@ def test_bad_hf_references_are_config_errors(tmp_path: Path) -> None:
 def test_an_uncached_hub_model_offline_says_how_to_fix_it(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
     code = (
-        "from core.models import build_model, WeightsUnavailable\n"
+        "from core.models.build import build_model\nfrom core.errors import WeightsUnavailable\n"
         "try:\n    build_model('hf:someone/not-cached-vit', 3, 'imagenet')\n"
         "except WeightsUnavailable as exc:\n    print('UNAVAILABLE', exc)\n"
     )

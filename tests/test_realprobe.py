@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from core.config import RunConfig
-from core.evaluate import evaluate
 from core.events import EvaluationEnded, RunFinished
-from core.train import train
+from core.inference.evaluate import evaluate
+from core.training.train import train
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 

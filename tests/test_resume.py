@@ -20,15 +20,18 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import TINY_BACKBONE, make_image_folder
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import TINY_BACKBONE, make_image_folder
 from core import events as ev
-from core.checkpoint import Position, read_checkpoint, restore_rng, save_checkpoint
-from core.config import ConfigError, RunConfig
-from core.resume import RunLock, prepare, resume
-from core.train import train
+from core.config import RunConfig
+from core.errors import ConfigError
+from core.runs.checkpoint import Position, read_checkpoint, restore_rng, save_checkpoint
+from core.runs.lock import RunLock
+from core.runs.resumption import prepare
+from core.training.resume import resume
+from core.training.train import train
 from tui.cli import app
 
 PY = [sys.executable, "-c", "from tui.cli import main; main()"]
@@ -43,7 +46,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def every_batch_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     """One BatchEnded per batch, so a test can stop at an exact step."""
-    monkeypatch.setattr("core.train.EMIT_INTERVAL", 0.0)
+    monkeypatch.setattr("core.training.train.EMIT_INTERVAL", 0.0)
 
 
 def config_for(folder: Path, runs: Path, **overrides: Any) -> RunConfig:
@@ -152,7 +155,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(folder: Path
         killed.kill()
     assert killed.returncode == -signal.SIGKILL, f"the run ended before step {target} was checkpointed mid-epoch"
     assert json.loads((runs / "killed" / "status.json").read_text())["status"] == "running"  # nobody wrote "stopped"
-    from core.runs import list_runs
+    from core.runs.store import list_runs
 
     assert {r.name: r.status for r in list_runs(runs)}["killed"] == "killed"  # its lock died with it
     resumed = CliRunner().invoke(app, ["run", "--resume", "killed", "--runs-dir", str(runs), "--json"])
@@ -182,20 +185,20 @@ def test_a_run_whose_final_model_could_not_be_written_resumes_to_write_it(
 ) -> None:
     import errno
 
-    from core.faults import CheckpointWriteFailed
+    from core.errors import CheckpointWriteFailed
 
     def disk_full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     runs = tmp_path / "runs"
-    monkeypatch.setattr("core.train.save_bundle", disk_full)
+    monkeypatch.setattr("core.training.train.save_bundle", disk_full)
     events: list[Any] = []
     with pytest.raises(CheckpointWriteFailed, match=r"No space left on device.*checkpoint-last.json \(epoch 1, step 5\) is intact.*--resume .*runs/r`"):
         for event in train(config_for(folder, runs, mode="finetune", epochs=1, name="r")):
             events.append(event)
     assert json.loads((runs / "r" / "status.json").read_text())["status"] == "failed"
     monkeypatch.undo()
-    monkeypatch.setattr("core.train.EMIT_INTERVAL", 0.0)
+    monkeypatch.setattr("core.training.train.EMIT_INTERVAL", 0.0)
     again = list(resume("r", runs_dir=runs))
     assert [type(e).__name__ for e in again if not isinstance(e, ev.MessageLogged)] == [
         "RunStarted", "CheckpointSaved", "RunFinished",
@@ -242,7 +245,7 @@ def _sleep_after(started: Any) -> None:
 def test_the_run_lock_ends_with_its_process_not_with_forked_workers(tmp_path: Path) -> None:
     import multiprocessing
 
-    from core.resume import is_running
+    from core.runs.lock import is_running
 
     lock = RunLock(tmp_path)
     assert lock.acquire() and is_running(tmp_path)

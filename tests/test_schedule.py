@@ -15,8 +15,8 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, StepLR
 
 from core.config import RunConfig
-from core.schedule import current_lr, make_optimizer, make_scheduler
-from core.plan import plan_stages
+from core.training.plan import plan_stages
+from core.training.schedule import current_lr, make_optimizer, make_scheduler
 
 BASE_LR = 0.1
 

@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import REPO_ROOT, TINY_BACKBONE, FinishedRun
+from test_checkdata import bomb_png
 from typer.testing import CliRunner
 
-from conftest import REPO_ROOT, TINY_BACKBONE, FinishedRun
-from core.config import ConfigError, RunConfig, check_run_name
-from core.runs import create_run_dir
-from test_checkdata import bomb_png
+from core.config import RunConfig, check_run_name
+from core.errors import ConfigError
+from core.runs.store import create_run_dir
 from tui.cli import app
 
 
@@ -77,7 +78,7 @@ def test_a_checkpoint_replaced_by_a_pickle_is_refused_on_resume(
     import threading
 
     from core import events as ev
-    from core.train import train
+    from core.training.train import train
 
     blob, marker = evil
     stop = threading.Event()
@@ -107,7 +108,7 @@ def test_a_bundle_replaced_by_a_pickle_is_refused(evil: tuple[bytes, Path], tmp_
 
 def test_a_hugging_face_folder_with_a_pickled_bin_never_runs_it(evil: tuple[bytes, Path], tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
-    from core.models import build_model
+    from core.models.build import build_model
 
     blob, marker = evil
     folder = tmp_path / "hf-model"
@@ -184,7 +185,7 @@ def test_a_decompression_bomb_is_an_error_never_a_warning(tmp_path: Path) -> Non
     code = (
         "import sys\n"
         "from PIL import Image\n"
-        "from core.data import open_rgb\n"
+        "from core.data.images import open_rgb\n"
         "try:\n"
         f"    open_rgb({str(bomb)!r})\n"
         "except Image.DecompressionBombError as exc:\n"
@@ -204,7 +205,7 @@ def test_a_decompression_bomb_is_an_error_never_a_warning(tmp_path: Path) -> Non
 
     from PIL import Image
 
-    from core.data import open_rgb
+    from core.data.images import open_rgb
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -216,8 +217,8 @@ def test_a_resume_never_reads_the_weights_path_in_its_config(tmp_path: Path, tin
     import threading
 
     from core import events as ev
-    from core.resume import resume
-    from core.train import train
+    from core.training.resume import resume
+    from core.training.train import train
 
     blob, marker = evil
     stop = threading.Event()

@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tinydata import TINY_BACKBONE, make_image_folder
 from typer.testing import CliRunner
 
 from core import events as ev
-from core.checkpoint import read_checkpoint
 from core.config import RunConfig
-from core.train import train
-from tinydata import TINY_BACKBONE, make_image_folder
+from core.runs.checkpoint import read_checkpoint
+from core.training.train import train
 from tui.cli import app
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
@@ -145,7 +145,7 @@ def test_a_stuck_workers_own_loader_still_ends_it(tmp_path: Path) -> None:
         "import os, signal, subprocess, sys, time\n"
         "import torch\n"
         "from torch.utils.data import DataLoader, Dataset\n"
-        "from core.safedata import worker_options\n"
+        "from core.data.safedata import worker_options\n"
         "class Stuck(Dataset):\n"
         "    def __len__(self): return 64\n"
         "    def __getitem__(self, i):\n"

@@ -24,14 +24,16 @@ from textual.widgets import Input
 from textual.worker import Worker
 
 from core.config import RunConfig
+from core.errors import is_user_error
 from tui import engines
-from tui.engines import Engine, Memory, is_user_error
+from tui.engines import Engine, Memory
 from tui.screens.classify import ClassifyScreen
 from tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from tui.screens.evaluate import EvaluateScreen
 from tui.screens.runs import RunsScreen
 from tui.screens.setup import SetupScreen
 from tui.screens.training import TrainingScreen
+
 
 class Workbench(App[None]):
     """tlwork's terminal workbench."""

@@ -1,6 +1,6 @@
 """``tlwork check-data DATASET``: a dataset's unusable files, odd modes, balance and leaks.
 
-A thin front end over ``core.checkdata.check_dataset``. It prints plain, aligned lines
+A thin front end over ``core.data.checkdata.check_dataset``. It prints plain, aligned lines
 (stable when piped): a summary, per-split class counts with the imbalance ratio, every file
 that cannot be used with its reason, images in modes other than RGB, exact duplicates
 between the training and test splits, and warnings. ``--json`` prints the whole report as
@@ -17,7 +17,9 @@ from typing import Any, Callable
 
 import typer
 
-EXIT_UNREADABLE = 3
+from core.errors import EXIT_UNAVAILABLE
+
+EXIT_UNREADABLE = EXIT_UNAVAILABLE  # some images cannot be read
 """Some images cannot be used (the same code as other unreadable data)."""
 
 
@@ -30,16 +32,11 @@ def check_data(
 
     Exits 0 when every image can be read and 3 when some cannot.
     """
-    from core.checkdata import check_dataset
-    from core.config import ConfigError
-    from core.data import DataError
-    from tui.cli import EXIT_UNAVAILABLE, EXIT_USAGE, fail
+    from core.data.checkdata import check_dataset
+    from tui.cli import user_errors
 
-    try:
-        with _progress() as progress:
-            report = check_dataset(dataset, data_dir=data_dir, progress=progress)
-    except ConfigError as exc:
-        raise fail(str(exc), EXIT_UNAVAILABLE if isinstance(exc, DataError) else EXIT_USAGE) from None
+    with user_errors(), _progress() as progress:
+        report = check_dataset(dataset, data_dir=data_dir, progress=progress)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
     else:

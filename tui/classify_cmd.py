@@ -1,6 +1,6 @@
 """``tlwork classify``: top-k labels for image files and folders, on a terminal or as data.
 
-A thin loop over ``core.classify.classify``. On a terminal each image gets its top-k labels
+A thin loop over ``core.inference.classify.classify``. On a terminal each image gets its top-k labels
 with probabilities and bars, and a folder gets a progress bar; piped output is one stable
 line per image; ``--json`` is one object per image per line and ``--csv`` one row per image,
 with the model line and errors on stderr so stdout stays data. A file that cannot be
@@ -20,9 +20,10 @@ from typing import Any, Optional, TextIO
 import typer
 
 from core import events as ev
-from core.classify import DEFAULT_MODEL
+from core.errors import EXIT_UNREADABLE
+from core.inference.classify import DEFAULT_MODEL
 
-EXIT_PARTIAL = 5
+EXIT_PARTIAL = EXIT_UNREADABLE
 """Some inputs could not be classified (each is named on stderr); the others were."""
 
 BAR_WIDTH = 30
@@ -190,7 +191,7 @@ def classify(
     weights are unavailable (not cached and no network); 5 some images could not be
     classified (each is named on stderr; the others were classified).
     """
-    from tui.cli import EXIT_UNAVAILABLE, EXIT_USAGE, _unavailable_types, fail
+    from tui.cli import fail, user_errors
 
     if as_json and as_csv:
         raise fail("--json and --csv cannot be combined; pick one")
@@ -200,8 +201,7 @@ def classify(
         raise fail(f"--batch-size must be at least 1 (got {batch_size})")
     if workers is not None and workers < 0:
         raise fail(f"--workers must not be negative (got {workers})")
-    from core.classify import classify as run_classify
-    from core.config import ConfigError
+    from core.inference.classify import classify as run_classify
 
     data_out = as_json or as_csv
     view: Any
@@ -216,22 +216,17 @@ def classify(
     failed = 0
     events = run_classify(model, list(inputs), top_k=top_k, batch_size=batch_size, device=device, runs_dir=runs_dir, workers=workers)
     try:
-        for event in events:
-            view.handle(event)
-            if isinstance(event, ev.ImageFailed):
-                failed += 1
-                if not isinstance(view, RichView):
-                    typer.echo(f"tlwork: error: {event.error}", err=True)
-            elif data_out and isinstance(event, ev.ClassificationStarted):
-                typer.echo(f"tlwork: model: {event.model}", err=True)
-            elif data_out and isinstance(event, ev.ClassificationEnded):
-                typer.echo(f"tlwork: {summary(event)}", err=True)
-    except ConfigError as exc:
-        view.close()
-        raise fail(str(exc), EXIT_UNAVAILABLE if isinstance(exc, _unavailable_types()) else EXIT_USAGE) from None
-    except _unavailable_types() as exc:
-        view.close()
-        raise fail(str(exc), EXIT_UNAVAILABLE) from None
+        with user_errors(view.close):
+            for event in events:
+                view.handle(event)
+                if isinstance(event, ev.ImageFailed):
+                    failed += 1
+                    if not isinstance(view, RichView):
+                        typer.echo(f"tlwork: error: {event.error}", err=True)
+                elif data_out and isinstance(event, ev.ClassificationStarted):
+                    typer.echo(f"tlwork: model: {event.model}", err=True)
+                elif data_out and isinstance(event, ev.ClassificationEnded):
+                    typer.echo(f"tlwork: {summary(event)}", err=True)
     finally:
         view.close()
     if failed:

@@ -28,6 +28,7 @@ still training (its lock is held) or one with no checkpoint yet cannot be resume
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -38,13 +39,18 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from core import registry
-from core.config import ConfigError, RunConfig
+from core.config import RunConfig
+from core.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STOPPED,
+    EXIT_USAGE,
+    ConfigError,
+    TlworkError,
+    exit_code_of,
+)
 from tui import launch
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-EXIT_NONFINITE, EXIT_OUT_OF_MEMORY, EXIT_WRITE_FAILED, EXIT_WORKER_LOST = 6, 7, 8, 9
-FAULT_EXITS = {"nonfinite": EXIT_NONFINITE, "oom": EXIT_OUT_OF_MEMORY, "write": EXIT_WRITE_FAILED, "worker-lost": EXIT_WORKER_LOST}
-"""Exit codes of ``core.faults.RunFault`` kinds."""
 
 app = typer.Typer(
     name="tlwork",
@@ -63,11 +69,19 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _unavailable_types() -> tuple[type[BaseException], ...]:
-    from core.data import DataError
-    from core.models import WeightsUnavailable
+@contextlib.contextmanager
+def user_errors(close: Callable[[], None] | None = None) -> Iterator[None]:
+    """Turn an engine's ``TlworkError`` into its one-line message and exit code (``core.errors``).
 
-    return (WeightsUnavailable, DataError)
+    The one place the CLI maps errors to exits: ``run``, ``eval``, ``classify`` and
+    ``check-data`` all go through it. ``close`` tidies the display first.
+    """
+    try:
+        yield
+    except TlworkError as exc:
+        if close is not None:
+            close()
+        raise fail(str(exc), exit_code_of(exc)) from None
 
 
 def consume(events: Iterator[Any], as_json: bool) -> Any:
@@ -77,18 +91,10 @@ def consume(events: Iterator[Any], as_json: bool) -> Any:
     renderer = pick_renderer(as_json)
     last = None
     try:
-        for event in events:
-            renderer.handle(event)
-            last = event
-    except ConfigError as exc:
-        renderer.close()
-        code = FAULT_EXITS.get(getattr(exc, "kind", ""))
-        if code is None:
-            code = EXIT_UNAVAILABLE if isinstance(exc, _unavailable_types()) else EXIT_USAGE
-        raise fail(str(exc), code) from None
-    except _unavailable_types() as exc:
-        renderer.close()
-        raise fail(str(exc), EXIT_UNAVAILABLE) from None
+        with user_errors(renderer.close):
+            for event in events:
+                renderer.handle(event)
+                last = event
     except Exception:
         renderer.close()
         raise
@@ -254,7 +260,7 @@ def run(
     if resume is not None:
         events = _resume_events(ctx, resume, runs_dir, values)
         if spawn:
-            from core.resume import RESUME_OVERRIDES
+            from core.runs.resumption import RESUME_OVERRIDES
 
             given = {n: values[n] for n in RESUME_OVERRIDES if ctx.get_parameter_source(n).name != "DEFAULT"}  # type: ignore[union-attr]
             _spawn(launch.resume_argv(resume, runs_dir, given, as_json), *workers)
@@ -266,7 +272,7 @@ def run(
         raise fail(str(exc)) from None
     if spawn:
         _spawn(launch.run_argv(config.command_line(), as_json), *workers)
-    from core.train import train
+    from core.training.train import train
 
     _train_until_done(lambda stop: train(config, stop=stop), as_json)
 
@@ -294,7 +300,8 @@ def _resume_events(
     ctx: typer.Context, ref: str, runs_dir: str, values: dict[str, Any]
 ) -> Callable[[threading.Event], Iterator[Any]]:
     """The engine's events for ``--resume`` (given a stop event), refusing options that would change the run."""
-    from core.resume import RESUME_OVERRIDES, resume
+    from core.runs.resumption import RESUME_OVERRIDES
+    from core.training.resume import resume
 
     sources = {name: ctx.get_parameter_source(name) for name in values}
     given = {name for name, source in sources.items() if source is not None and source.name != "DEFAULT"}
@@ -332,8 +339,8 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with top1, top5, per_class, confusion"),
 ) -> None:
     """Score a model: top-1, top-5, per-class accuracy and the confusion matrix."""
-    from core.evaluate import evaluate
     from core.events import EvaluationEnded
+    from core.inference.evaluate import evaluate
 
     if batch_size is not None and batch_size < 1:
         raise fail(f"--batch-size must be at least 1 (got {batch_size})")
@@ -397,7 +404,7 @@ def runs(
     """List past runs with their status and key figures, newest first."""
     from dataclasses import asdict
 
-    from core.runs import list_runs
+    from core.runs.store import list_runs
 
     rows = list_runs(runs_dir)
     if as_json:
@@ -445,6 +452,7 @@ from tui.classify_cmd import classify as _classify  # noqa: E402 - imports neith
 
 app.command("classify")(_classify)
 from tui.checkdata_cmd import check_data as _check_data  # noqa: E402 - imports no torch
+
 app.command("check-data")(_check_data)
 
 

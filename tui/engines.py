@@ -9,36 +9,36 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-from core.config import ConfigError, RunConfig
+from core.config import RunConfig
 
 Engine = Callable[..., Iterator[Any]]
 Memory = Callable[[str], dict[str, float]]
 
 
 def train(config: RunConfig, **kwargs: Any) -> Iterator[Any]:
-    """``core.train.train``."""
-    from core.train import train as run
+    """``core.training.train.train``."""
+    from core.training.train import train as run
 
     return run(config, **kwargs)
 
 
 def resume(run_dir: str, **kwargs: Any) -> Iterator[Any]:
-    """``core.resume.resume``: continue a stopped or killed run from its last checkpoint."""
-    from core.resume import resume as run
+    """``core.training.resume.resume``: continue a stopped or killed run from its last checkpoint."""
+    from core.training.resume import resume as run
 
     return run(run_dir, **kwargs)
 
 
 def evaluate(ref: str, dataset: str | None = None, **kwargs: Any) -> Iterator[Any]:
-    """``core.evaluate.evaluate``."""
-    from core.evaluate import evaluate as run
+    """``core.inference.evaluate.evaluate``."""
+    from core.inference.evaluate import evaluate as run
 
     return run(ref, dataset, **kwargs)
 
 
 def classify(model_ref: str, inputs: list[str], **kwargs: Any) -> Iterator[Any]:
-    """``core.classify.classify``."""
-    from core.classify import classify as run
+    """``core.inference.classify.classify``."""
+    from core.inference.classify import classify as run
 
     return run(model_ref, inputs, **kwargs)
 
@@ -52,8 +52,3 @@ def device_memory(device: str) -> dict[str, float]:
 
         return memory_stats(torch.device(device))
     return process_stats()
-
-
-def is_user_error(error: BaseException | None) -> bool:
-    """Errors with a one-line message a user can act on (bad settings, missing data or weights)."""
-    return isinstance(error, ConfigError) or any(c.__name__ == "WeightsUnavailable" for c in type(error).__mro__)

@@ -4,7 +4,7 @@ The launcher is torch's own (``torch.distributed.run``, what the ``torchrun`` co
 this module turns the run's settings back into ``python -m tui.cli run ...`` (the same
 command line ``RunConfig.command_line`` shows) and hands it to torchrun with
 ``--nproc-per-node``, ``--nnodes``, ``--node-rank`` and ``--rdzv-endpoint`` passed through.
-Every worker trains (``core.distributed``); rank 0 alone prints progress and writes the run
+Every worker trains (``core.training.strategy``); rank 0 alone prints progress and writes the run
 directory, the others' stdout goes to /dev/null (their errors still reach stderr). When a
 worker fails, torchrun stops the others and this launcher exits with the first failing
 worker's exit code (a worker killed by signal S gives 128 + S), so scripts see the same
@@ -24,7 +24,8 @@ import shlex
 import sys
 from typing import Any
 
-EXIT_STOPPED = 4
+from core.errors import EXIT_STOPPED
+
 LAUNCH_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint", "dist_timeout")
 """``tlwork run`` options that belong to the launcher, not to the run's configuration."""
 

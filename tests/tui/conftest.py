@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tui_fixtures import ScriptedEngine, build_workspace
 
 

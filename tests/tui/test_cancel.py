@@ -17,16 +17,16 @@ from typing import Any, Callable, Iterator
 
 from textual.widgets import Input, OptionList, ProgressBar, Static
 from textual.worker import WorkerState
+from tinydata import FinishedRun, make_image_folder
+from tui_fixtures import wait_for
 
 from core import events as ev
-from tinydata import FinishedRun, make_image_folder
 from tui import engines
 from tui.app import make_app
 from tui.screens.classify import ClassifyScreen
 from tui.screens.evaluate import EvaluateScreen
 from tui.widgets.fields import ChoiceField
 from tui.widgets.prob_bars import ProbabilityBars
-from tui_fixtures import wait_for
 
 
 @dataclass

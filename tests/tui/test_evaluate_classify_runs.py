@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from textual.widgets import DataTable, Input, OptionList, Static
+from tui_fixtures import CLASSES, CONFUSION, PTF, RUNS, ScriptedEngine, fake_evaluate, make_test_app, wait_for
 
 from tui.screens.classify import ClassifyScreen
 from tui.screens.dialogs import ActionsScreen
@@ -16,7 +17,6 @@ from tui.widgets.fields import ModelPicker
 from tui.widgets.heatmap import ConfusionHeatmap
 from tui.widgets.line_chart import LineChart
 from tui.widgets.prob_bars import ProbabilityBars
-from tui_fixtures import CLASSES, CONFUSION, PTF, RUNS, ScriptedEngine, fake_evaluate, make_test_app, wait_for
 
 FINETUNE = "runs/" + RUNS[1][0]
 STOPPED = "runs/" + RUNS[2][0]

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pytest
+from tui_fixtures import DEMO_CONFIG, ScriptedEngine, make_test_app, wait_for
 
 from core.config import RunConfig
 from tui.app import make_app
 from tui.widgets.lr_chart import LrChart, lr_label
-from tui_fixtures import DEMO_CONFIG, ScriptedEngine, make_test_app, wait_for
 
 AXIS = 7  # the label column and its rule
 

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tui_fixtures import make_test_app, wait_for
 
 from core import events as ev
 from tui.screens.pump import EventPump, EventsReady
 from tui.widgets.loss_chart import bucket, ema
 from tui.widgets.memory import describe
 from tui.widgets.paths import PathSuggester, expand_images
-from tui_fixtures import make_test_app, wait_for
 
 
 class Recorder:

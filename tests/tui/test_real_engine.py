@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 
 from textual.widgets import Input
+from tui_fixtures import wait_for
 
-from core.data import DEMO_DIR
+from core.data.datasets import DEMO_DIR
 from tui.app import make_app
 from tui.screens.classify import ClassifyScreen
 from tui.screens.evaluate import EvaluateScreen
 from tui.widgets.prob_bars import ProbabilityBars
-from tui_fixtures import wait_for
 
 TINY = "test_resnet"  # timm:test_resnet, a real ResNet with BatchNorm of about 0.4M parameters
 CIFAR = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual.widgets import Input, Select, Static
+from tui_fixtures import ScriptedEngine, make_test_app, wait_for
 
 from core import registry
 from core.config import RunConfig
 from tui.screens.setup import SetupScreen
 from tui.widgets.fields import ChoiceField
-from tui_fixtures import ScriptedEngine, make_test_app, wait_for
 
 
 def command_line(app) -> str:  # type: ignore[no-untyped-def]

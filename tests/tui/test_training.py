@@ -10,13 +10,13 @@ from typing import Any, Iterator
 
 import pytest
 from textual.widgets import DataTable, ProgressBar, RichLog, Static
+from tui_fixtures import CUDA_MEMORY, DEMO_CONFIG, PTF, ScriptedEngine, loss_at, make_test_app, wait_for
 
 from core import events as ev
-from core.config import ConfigError
+from core.errors import ConfigError
 from tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.memory import MemoryPanel
-from tui_fixtures import CUDA_MEMORY, DEMO_CONFIG, PTF, ScriptedEngine, loss_at, make_test_app, wait_for
 
 
 def log_text(app: Any) -> str:

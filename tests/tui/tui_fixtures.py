@@ -34,7 +34,7 @@ def loss_at(step: int) -> float:
 
 @dataclass
 class ScriptedEngine:
-    """Same signature as ``core.train.train``; yields a fixed run's events.
+    """Same signature as ``core.training.train.train``; yields a fixed run's events.
 
     ``hold_at`` makes it wait after that step until ``stop`` or ``stop_after_epoch`` is set;
     both are then honoured as the real engine does (a checkpoint, then ``RunStopped`` at the
@@ -102,7 +102,7 @@ CONFUSION = tuple(
 
 def fake_evaluate(ref: str, dataset: str | None = None, *, data_dir: str = "data", runs_dir: str = "runs",
                   batch_size: int | None = None, device: str = "auto", stop: threading.Event | None = None) -> Iterator[Any]:
-    """Same signature as ``core.evaluate.evaluate``; a fixed CIFAR-10 result."""
+    """Same signature as ``core.inference.evaluate.evaluate``; a fixed CIFAR-10 result."""
     name = Path(ref).name
     split = "validation" if dataset is None else "test"
     yield ev.EvaluationStarted(name, dataset or "demo", split, 200, 4)
@@ -116,7 +116,7 @@ def fake_evaluate(ref: str, dataset: str | None = None, *, data_dir: str = "data
 
 def fake_classify(model_ref: str, inputs: list[str], *, top_k: int = 5, batch_size: int = 32, device: str = "auto",
                   runs_dir: str = "runs", stop: threading.Event | None = None) -> Iterator[Any]:
-    """Same signature as ``core.classify.classify``; predictions depend only on the file name."""
+    """Same signature as ``core.inference.classify.classify``; predictions depend only on the file name."""
     yield ev.ClassificationStarted(Path(model_ref).name, len(inputs), top_k)
     done = failed = 0
     for path in inputs:

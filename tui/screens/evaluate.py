@@ -1,7 +1,7 @@
 """The evaluate screen: score a run or bundle on a dataset; top-1/top-5, per class, confusion.
 
 The model menu lists runs that have a final model (or take any bundle path or ``hf:ID``);
-the dataset menu defaults to the run's own validation split. ``core.evaluate.evaluate``
+the dataset menu defaults to the run's own validation split. ``core.inference.evaluate.evaluate``
 runs in a thread worker feeding an ``EventPump``; the result fills a per-class table, a
 confusion-matrix heatmap and the most-confused class pairs. Escape cancels a running
 evaluation: the worker is cancelled, which sets the engine's ``stop``, and the worker closes
@@ -24,7 +24,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from core import events as ev
 from core import registry
-from core.runs import list_runs
+from core.runs.store import list_runs
 from tui.screens.pump import EventPump, EventsReady
 from tui.widgets.fields import ChoiceField, ModelPicker
 from tui.widgets.heatmap import ConfusionHeatmap

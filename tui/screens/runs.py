@@ -13,13 +13,13 @@ from pathlib import Path
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.content import Content
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 
 from core.config import RunConfig
-from core.runs import RunSummary, list_runs, read_metrics
+from core.runs.store import RunSummary, list_runs, read_metrics
 from tui.screens.dialogs import ActionsScreen
 from tui.widgets.line_chart import LineChart, Series
 from tui.widgets.nav import NavBar

@@ -21,7 +21,8 @@ from textual.validation import Function, Integer, ValidationResult
 from textual.widgets import Button, Footer, Input, Label, Static
 
 from core import registry
-from core.config import MODE_DEFAULTS, PROBE_LR, ConfigError, RunConfig
+from core.config import MODE_DEFAULTS, PROBE_LR, RunConfig
+from core.errors import ConfigError
 from core.registry import Choice
 from tui.widgets.fields import ChoiceField
 from tui.widgets.nav import NavBar

@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 
 @dataclass(frozen=True)

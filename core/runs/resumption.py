@@ -15,20 +15,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from core import events as ev
-from core.config import ConfigError, RunConfig, check_run_name
+from core.config import RunConfig, check_run_name
+from core.errors import ConfigError
+from core.runs.lock import RunLock
+from core.runs.store import read_status
 
 RESUME_OVERRIDES = ("device", "workers", "checkpoint_every", "skip_nonfinite", "max_nonfinite", "strict")
 """Settings ``--resume`` accepts anew; every other one comes from the run's config.json."""
 
 LAST = "checkpoint-last"
 BEST = "checkpoint-best"
-LOCK = ".lock"
 
 
 @dataclass
@@ -39,81 +39,17 @@ class ResumePoint:
     checkpoint: Path
     meta: dict[str, Any]
     tensors: dict[str, Any]
-    position: Any  # core.checkpoint.Position
+    position: Any  # core.runs.checkpoint.Position
 
 
-_HELD: set[int] = set()
-"""File descriptors of the run locks this process holds."""
 
 
-def _drop_locks_in_child() -> None:
-    # A forked child (a DataLoader worker) shares the lock's open file; closing its copy
-    # leaves the lock to the parent alone, so the lock ends when the training process does.
-    for fd in list(_HELD):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_drop_locks_in_child)
 
 
-class RunLock:
-    """An exclusive ``flock`` on ``run_dir/.lock`` for as long as a process trains in it.
-
-    The kernel drops it when the process ends, however it ends (SIGKILL included); forked
-    loader processes do not keep it alive.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / LOCK
-        self.fd: int | None = None
-
-    def acquire(self) -> bool:
-        """Take the lock; False when another live process holds it (always True without fcntl)."""
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock, resume trusts the user
-            return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        _HELD.add(fd)
-        return True
-
-    def release(self) -> None:
-        """Drop the lock (idempotent)."""
-        if self.fd is not None:
-            _HELD.discard(self.fd)
-            os.close(self.fd)
-            self.fd = None
-
-    def holder(self) -> str:
-        """The pid written by the process holding the lock, or '?'."""
-        try:
-            return self.path.read_text().strip() or "?"
-        except OSError:
-            return "?"
 
 
-def is_running(run_dir: Path) -> bool:
-    """True while a process trains in ``run_dir`` (its lock is held); a killed run is not running."""
-    if not (run_dir / LOCK).exists():
-        return False
-    lock = RunLock(run_dir)
-    if lock.acquire():
-        lock.release()
-        return False
-    return True
 
 
 def find_run(ref: str, runs_dir: str | Path = "runs") -> Path:
@@ -191,13 +127,13 @@ def load_run_config(run_dir: Path, origin: str | None) -> RunConfig:
 
 def prepare(ref: str, runs_dir: str | Path = "runs", overrides: dict[str, Any] | None = None) -> tuple[RunConfig, ResumePoint]:
     """(config, resume point) for ``ref``, or a ConfigError saying why it cannot resume."""
-    from core.checkpoint import Position, read_checkpoint
+    from core.runs.checkpoint import Position, read_checkpoint
 
     run_dir = find_run(ref, runs_dir)
     status = read_status(run_dir)
     if status.get("status") == "finished" or (run_dir / "model.json").is_file():
         raise ConfigError(f"run {run_dir} already finished (model {run_dir / 'model.json'}); nothing to resume")
-    from core.distributed import env_is_main
+    from core.training.strategy import env_is_main
 
     lock = RunLock(run_dir)
     # torchrun starts every worker at once: only rank 0 probes (and then holds) the lock.
@@ -220,28 +156,8 @@ def prepare(ref: str, runs_dir: str | Path = "runs", overrides: dict[str, Any] |
     return config, ResumePoint(run_dir, checkpoint.with_suffix(".json"), meta, tensors, position)
 
 
-def resume(
-    ref: str,
-    *,
-    runs_dir: str | Path = "runs",
-    overrides: dict[str, Any] | None = None,
-    stop: threading.Event | None = None,
-    stop_after_epoch: threading.Event | None = None,
-) -> Iterator[ev.Event]:
-    """Continue run ``ref`` from its last checkpoint, yielding the engine's events."""
-    from core.train import train
-
-    config, point = prepare(ref, runs_dir, overrides)
-    yield from train(config, stop=stop, stop_after_epoch=stop_after_epoch, resume=point)
 
 
-def read_status(run_dir: Path) -> dict[str, Any]:
-    """A run's status.json, or {} when it is missing or damaged."""
-    try:
-        data = json.loads((run_dir / "status.json").read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 @dataclass(frozen=True)
@@ -289,7 +205,7 @@ def check_same_data(meta: dict[str, Any], class_names: list[str], train_size: in
 
 def saved_preprocessing(meta: dict[str, Any]) -> Any:
     """The checkpoint's preprocessing, so a resumed run normalises exactly as before."""
-    from core.transforms import Preprocessing
+    from core.data.transforms import Preprocessing
 
     try:
         return Preprocessing.from_dict(meta["preprocessing"])

@@ -20,7 +20,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from core.faults import OutOfMemory, is_out_of_memory
+from core.device import is_out_of_memory
+from core.errors import OutOfMemory
 
 START = 2
 MAX_TRIALS = 25
@@ -139,8 +140,8 @@ def auto_batch_size(
 ) -> tuple[int, str]:
     """(batch size, log line) for ``--batch-size auto``, measured on the run's hungriest stage."""
     from core.device import autocast
-    from core.freeze import freeze, train_mode, trainable_parameters
-    from core.schedule import make_optimizer
+    from core.models.freeze import freeze, train_mode, trainable_parameters
+    from core.training.schedule import make_optimizer
 
     # Fine-tuning keeps the most activations and optimiser state: measure the stage that trains most.
     order = {"linear-probe": 0, "partial": 1, "finetune": 2}

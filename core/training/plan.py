@@ -10,15 +10,11 @@ the same order; with several workers it deals each global batch out round-robin.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
-
-import torch
-from torch.utils.data import Sampler
 
 from core.config import RunConfig
-from core.data import Splits
-from core.models import ModelInfo
-from core.transforms import Preprocessing
+from core.data.datasets import Splits
+from core.data.transforms import Preprocessing
+from core.models.info import ModelInfo
 
 
 @dataclass(frozen=True)
@@ -46,53 +42,6 @@ def plan_stages(config: RunConfig) -> list[Stage]:
     return [Stage(name, config.mode, config.epochs, config.lr, config.augment, config.scheduler)]
 
 
-class EpochSampler(Sampler[int]):
-    """A shuffled order that depends only on (seed, epoch), so a resumed run sees the same order.
-
-    With a ``core.distributed.Shard`` of several ranks, iterating yields this rank's rows of
-    each global batch of ``batch_size`` (``local_order``); ``order`` stays the whole permutation.
-    """
-
-    def __init__(self, size: int, seed: int, shard: Any = None, batch_size: int = 0) -> None:
-        self.size = size
-        self.seed = seed
-        self.epoch = 0
-        self.skip = 0
-        self.shard = shard
-        self.batch_size = batch_size  # the global batch, which the shard deals out
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Order for ``epoch``; ``skip`` drops the first samples (already trained on)."""
-        self.epoch, self.skip = epoch, skip
-
-    @property
-    def usable(self) -> int:
-        """Samples per epoch: all but one when the last batch would hold a single image.
-
-        BatchNorm cannot train on one image at 1x1 spatial size (ResNet at 32 px), so such a
-        trailing sample sits the epoch out; it is a different random image each epoch.
-        """
-        single = self.batch_size > 1 and self.size % self.batch_size == 1
-        return self.size - 1 if single else self.size
-
-    def order(self) -> list[int]:
-        """The permutation for the current epoch (``usable`` samples)."""
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.size, generator=gen)[: self.usable].tolist()
-
-    def local_order(self) -> list[int]:
-        """This rank's samples for the epoch (the full permutation for one process)."""
-        if self.shard is None or self.shard.world == 1:
-            return self.order()
-        return self.shard.split(self.order(), self.batch_size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.local_order()[self.skip:])
-
-    def __len__(self) -> int:
-        if self.shard is None or self.shard.world == 1:
-            return self.usable - self.skip
-        return len(self.local_order()) - self.skip
 
 
 def preprocessing_for(config: RunConfig, splits: Splits, info: ModelInfo) -> Preprocessing:

@@ -19,10 +19,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from torchvision.transforms.v2.functional import normalize, resize, to_dtype
 
-from core.transforms import Preprocessing, _interp
+from core.data.transforms import Preprocessing, _interp
 
 DEVICE_AUGMENTS = ("none", "crop-flip")
 
@@ -72,7 +71,7 @@ def decode_all(
         return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
     from torchvision.transforms import v2
 
-    from core.data import decode_threads, thread_map
+    from core.data.images import decode_threads, thread_map
 
     square = [image_size, image_size]
     mode = _interp(interpolation)
@@ -82,7 +81,7 @@ def decode_all(
         try:
             img, label = dataset[i]
         except Exception as exc:  # a file that passed the cheap check but does not decode
-            from core.data import DataError
+            from core.errors import DataError
 
             raise DataError(f"{_path_of(dataset, i)}: cannot be decoded ({exc}); see `tlwork check-data`") from None
         array = np.asarray(img)  # the pixels v2.ToImage would give, without a tensor per image
@@ -181,7 +180,7 @@ class DeviceImages:
 
         Skipped batches still consume their augmentation draws, so a run resumed mid-epoch
         augments the remaining batches exactly as the uninterrupted run did. With a
-        ``core.distributed.Shard``, ``batch_size`` is the global batch: each is drawn for in
+        ``core.training.strategy.Shard``, ``batch_size`` is the global batch: each is drawn for in
         full and this rank keeps its rows, so every sample is augmented as in one process.
         """
         order_t = torch.as_tensor(order, dtype=torch.long).to(self.device)

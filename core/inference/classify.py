@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from core.config import ConfigError
+from core.errors import ConfigError
 from core.events import ClassificationEnded, ClassificationStarted, Event, ImageClassified, ImageFailed
 
 DEFAULT_MODEL = "hf:nateraw/vit-base-patch16-224-cifar10"
@@ -36,7 +36,7 @@ DEFAULT_MODEL = "hf:nateraw/vit-base-patch16-224-cifar10"
 
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Files as given (even missing ones, which fail later) and each folder's image files, sorted."""
-    from core.data import IMAGE_EXTENSIONS
+    from core.data.images import IMAGE_EXTENSIONS
 
     if not inputs:
         raise ConfigError("no images given; pass image files or folders, e.g. tlwork classify photo.jpg")
@@ -97,7 +97,7 @@ def read_image(path: str, exif_orientation: bool = False) -> Any:
     """
     from PIL import Image, ImageOps
 
-    from core.data import open_rgb, refuse_bomb  # core.data also makes Pillow's bomb warning an error
+    from core.data.images import open_rgb, refuse_bomb  # core.data also makes Pillow's bomb warning an error
 
     if not exif_orientation:
         return open_rgb(path)
@@ -136,7 +136,7 @@ def _as_list(batch: list[Any]) -> list[Any]:
 
 def _workers(asked: int | None, device: Any, files: int, batch_size: int) -> int:
     """Decoding processes: as asked, else none for a single batch (starting a pool costs more than it saves)."""
-    from core.evaluate import default_workers
+    from core.data.loaders import default_workers
 
     if asked is not None:
         return asked
@@ -174,8 +174,8 @@ def resolve_ref(ref: str, runs_dir: str = "runs") -> str:
 
 def load_model(model_ref: str, device: Any, runs_dir: str = "runs") -> Any:
     """The ``Classifier`` for ``model_ref`` (see the module docstring for what it may be)."""
-    from core.inference import load_classifier
-    from core.models import WeightsUnavailable
+    from core.errors import WeightsUnavailable
+    from core.inference.classifier import load_classifier
 
     ref = resolve_ref(model_ref, runs_dir)
     try:
@@ -205,10 +205,10 @@ def classify(
     import torch
     from torch.utils.data import DataLoader
 
+    from core.data.loaders import to_device
+    from core.data.safedata import worker_options
+    from core.data.transforms import eval_transform
     from core.device import autocast, configure, pick_device
-    from core.evaluate import to_device
-    from core.safedata import worker_options
-    from core.transforms import eval_transform
 
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1 (got {top_k})")

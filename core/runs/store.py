@@ -10,12 +10,15 @@ folder.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from core.config import ConfigError, RunConfig, check_run_name
+from core.config import RunConfig, check_run_name
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def create_run_dir(config: RunConfig) -> Path:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomically replace a small JSON file."""
-    from core.bundle import atomic_write
+    from core.runs.store import atomic_write
 
     atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
 
@@ -119,7 +122,7 @@ def summarize(run_dir: Path) -> RunSummary:
     total = config.get("epochs", 0) + (config.get("probe_epochs", 0) if config.get("mode") == "probe-then-finetune" else 0)
     state = status.get("status", "unknown")
     if state == "running":
-        from core.resume import is_running
+        from core.runs.lock import is_running
 
         if not is_running(run_dir):  # its lock is free: the process died (SIGKILL, power loss)
             state = "killed"
@@ -165,3 +168,34 @@ def resolve_model(ref: str, runs_dir: str | Path = "runs") -> Path:
         if c.is_dir() and (c / "config.json").is_file():
             raise ConfigError(f"{c}: this run has no final model yet (stopped or still running); resume or finish it first")
     raise ConfigError(f"{ref}: no such run or bundle; pass a run directory, a model.json path or 'last' (see `tlwork runs`)")
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """A run's status.json, or {} when it is missing or damaged."""
+    try:
+        data = json.loads((run_dir / "status.json").read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a crash leaves either the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a model file is as readable as any other
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+

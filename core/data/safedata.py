@@ -28,7 +28,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
-from core.data import DataError, classify_image_error
+from core.data.images import classify_image_error
+from core.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.bundle import atomic_write
-from core.config import ConfigError
-from core.faults import write_failed
+from core.errors import ConfigError, write_failed
+from core.runs.store import atomic_write
 
 FORMAT = "tlwork-checkpoint"
 VERSION = 2

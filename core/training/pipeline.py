@@ -3,9 +3,9 @@
 ``make_pipeline`` picks, per stage:
 
 - ``features``: a linear probe with no augmentation trains its head block on backbone
-  features computed once (``core.features``);
+  features computed once (``core.training.features``);
 - ``device``: images decoded once into a uint8 tensor on the device and augmented there in
-  batches (``core.fastdata``), when the dataset fits the memory budget and the augmentation
+  batches (``core.data.fastdata``), when the dataset fits the memory budget and the augmentation
   is ``none`` or ``crop-flip`` (``DataCache`` decides once per run; a resumed run keeps the
   checkpoint's record);
 - ``stream``: a multi-worker DataLoader with pinned memory and per-image torchvision
@@ -14,7 +14,7 @@
 A linear probe with augmentation still runs the frozen backbone under ``no_grad`` and
 back-propagates through the head block only. Every path follows ``EpochSampler``'s order.
 
-With several workers (``core.distributed``) ``batch_size`` is the global batch and ``shard``
+With several workers (``core.training.strategy``) ``batch_size`` is the global batch and ``shard``
 says which rows of each global batch this rank trains on; validation and feature extraction
 take the rank's round-robin share of the natural order, and extracted features are gathered
 back, so every rank holds the whole feature cache.
@@ -29,14 +29,15 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from core import fastdata, safedata
-from core.config import ConfigError
+from core.data import fastdata, safedata
+from core.data.loaders import make_loader
+from core.data.sampler import Shard
+from core.data.transforms import Preprocessing, train_transform
 from core.device import channels_last_ok
-from core.distributed import Shard, gather_rows
-from core.evaluate import make_loader
-from core.features import FeatureBatches, extract, head_block, trunk_features
-from core.models import ModelInfo
-from core.transforms import Preprocessing, train_transform
+from core.errors import ConfigError
+from core.models.info import ModelInfo
+from core.training.features import FeatureBatches, extract, head_block, trunk_features
+from core.training.strategy import gather_rows
 
 
 class FrozenTrunk(nn.Module):
@@ -203,7 +204,7 @@ def make_pipeline(
             yield from images.batches(order, batch_size, aug, gen, cl, skip_batches=skip, shard=shard)
             return
         if split == "train" and epoch is not None:
-            # Per-sample augmentation streams (seed, epoch, index) and skipped unreadable files (core.safedata).
+            # Per-sample augmentation streams (seed, epoch, index) and skipped unreadable files (core.data.safedata).
             dataset = safedata.SafeImages(splits.train, train_transform(cache.pre, aug, splits.native_size), seed)
             dataset.set_epoch(epoch)
             loader: Any = safedata.make_loader(dataset, local, device, workers, sampler, seed)  # the sampler shards

@@ -15,7 +15,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from core.transforms import Preprocessing
+from core.data.transforms import Preprocessing
+from core.device import channels_last_ok
+from core.models.hf import load_pretrained, processor_preprocessing, processor_transform
+from core.runs.bundle import load_bundle
+from core.runs.store import resolve_model
 
 
 @dataclass
@@ -35,24 +39,23 @@ class Classifier:
 
 
 def load_classifier(ref: str, device: torch.device, runs_dir: str = "runs") -> Classifier:
-    """The model named by ``ref`` on ``device``."""
+    """The model named by ``ref`` on ``device``: a Hugging Face model as it is, or a run's bundle."""
     if ref.startswith("hf:"):
-        from core import hf
-
-        return hf.load_hf_classifier(ref[3:], device)
-    from core.bundle import load_bundle, read_meta
-    from core.runs import resolve_model
-
+        return _pretrained_hf(ref[3:], device)
     path = resolve_model(ref, runs_dir)
-    meta = read_meta(path)
-    if meta["arch"].get("kind") == "hf":
-        from core import hf
-
-        return hf.load_hf_bundle(path, device)
     bundle = load_bundle(path, device)
-    from core.device import channels_last_ok
-
     if channels_last_ok(device):  # as in training, so evaluation reproduces its numbers
         bundle.model.to(memory_format=torch.channels_last)
-    amp = bool(meta.get("amp", True))
+    amp = bool(bundle.meta.get("amp", True))
     return Classifier(str(path), bundle.model, bundle.class_names, bundle.preprocessing, bundle.model, path, amp)
+
+
+def _pretrained_hf(id_or_path: str, device: torch.device) -> Classifier:
+    """A pretrained Hugging Face classifier with its own labels and image processor."""
+    wrapper, class_names, processor = load_pretrained(id_or_path)
+    wrapper = wrapper.to(device).eval()
+    size, mean, std, interpolation = processor_preprocessing(processor, wrapper.model.config)
+    pre = Preprocessing(size, mean, std, interpolation)
+    transform = processor_transform(processor) if processor is not None else None
+    # fp32 like the pipeline (amp=False), so top-k scores match it; path=None: no tlwork run beside it.
+    return Classifier(f"hf:{id_or_path}", wrapper, class_names, pre, wrapper, None, False, transform)

@@ -4,7 +4,7 @@
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): NCCL when the
 workers train on CUDA (each on ``cuda:LOCAL_RANK``), gloo on the CPU, with a timeout on every
 collective (``TLWORK_DIST_TIMEOUT`` seconds, default 600), so a worker that dies or hangs ends
-the job instead of stalling it. ``teardown`` leaves the group; ``core.train`` calls it in a
+the job instead of stalling it. ``teardown`` leaves the group; ``core.training.train`` calls it in a
 ``finally``. With no such environment everything here is a no-op for one process.
 
 ``Shard`` says which samples a rank takes. The global batch is the per-device batch times
@@ -27,12 +27,13 @@ import signal
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from core.faults import RunFault
+from core.data.sampler import Shard
+from core.errors import RunFault, WorkerLost
 
 ENV_TIMEOUT = "TLWORK_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0
@@ -45,46 +46,8 @@ ENV_FAIL_MODE = "TLWORK_FAIL_MODE"
 _LOST_MARKERS = ("gloo", "nccl", "processgroup", "c10d")
 
 
-class WorkerLost(RunFault):
-    """Another worker of a data-parallel job died, left or stopped answering."""
-
-    kind = "worker-lost"
 
 
-@dataclass(frozen=True)
-class Shard:
-    """This rank's share of the data: ``rank`` of ``world`` (0 of 1 for a single process)."""
-
-    rank: int = 0
-    world: int = 1
-
-    def local_batch(self, global_batch: int) -> int:
-        """The per-rank batch: the global batch over the ranks, rounded up."""
-        return -(-global_batch // self.world)
-
-    def of(self, items: Sequence[int]) -> list[int]:
-        """This rank's round-robin share of ``items`` (validation, feature extraction): no padding."""
-        return list(items[self.rank::self.world])
-
-    def rows(self, n: int) -> list[int]:
-        """Positions this rank takes from a global batch of ``n``, padded with position 0 to ``ceil(n / world)``."""
-        mine = list(range(self.rank, n, self.world))
-        return mine + [0] * (-(-n // self.world) - len(mine))
-
-    def split(self, order: Sequence[int], global_batch: int) -> list[int]:
-        """This rank's sample order: its rows of each global batch of ``order``, one after another."""
-        if self.world == 1:
-            return list(order)
-        out: list[int] = []
-        for start in range(0, len(order), global_batch):
-            chunk = order[start:start + global_batch]
-            out += [chunk[i] for i in self.rows(len(chunk))]
-        return out
-
-    def counts(self, size: int, global_batch: int, batch: int) -> tuple[int, int]:
-        """(real samples of this rank, samples of the whole global batch) in 0-based batch ``batch``."""
-        n = max(0, min(global_batch, size - batch * global_batch))
-        return len(range(self.rank, n, self.world)), n
 
 
 @dataclass(frozen=True)
@@ -157,8 +120,8 @@ def timeout_seconds() -> float:
 
 def rank_device(name: str, local_rank: int, world: int) -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` when the run is on CUDA, else what ``name`` picks."""
-    from core.config import ConfigError
     from core.device import pick_device
+    from core.errors import ConfigError
 
     if world == 1:
         return pick_device(name)
@@ -320,7 +283,7 @@ def gather_rows(local: torch.Tensor, total: int, ctx: Context | None = None) -> 
 
 
 def reduce_tally(tally: Any, ctx: Context | None = None) -> Any:
-    """Sum a ``core.evaluate.Tally`` over the ranks in place: figures over the whole validation set."""
+    """Sum a ``core.inference.evaluate.Tally`` over the ranks in place: figures over the whole validation set."""
     ctx = ctx or _context
     if not ctx.active:
         return tally

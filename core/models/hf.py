@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-from core.config import ConfigError
-from core.models import ModelInfo, WeightsUnavailable, _find_head, _load_into, read_state_dict
+from core.errors import ConfigError, WeightsUnavailable
+from core.models.hub import fetch, hub_reachable, local_folder, unavailable
+from core.models.info import ModelInfo
+from core.models.weights import find_head, load_into, read_state_dict
 
 # PIL resampling codes (what image processors store) -> torchvision interpolation names.
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 class HFImageClassifier(nn.Module):
@@ -60,95 +59,18 @@ class HFImageClassifier(nn.Module):
 # --- where a model comes from -------------------------------------------------------------
 
 
-def local_folder(id_or_path: str) -> Path | None:
-    """The folder for a local model (one holding config.json), None for a hub id.
-
-    A path that exists but is not such a folder is a ``ConfigError``.
-    """
-    p = Path(id_or_path).expanduser()
-    if p.is_dir():
-        if (p / "config.json").is_file():
-            return p
-        raise ConfigError(f"{id_or_path}: no config.json in this folder; pass a folder written by save_pretrained or a hub id")
-    if p.exists():
-        raise ConfigError(f"{id_or_path}: a file, not a Hugging Face model folder; pass the folder holding config.json")
-    if id_or_path.startswith((".", "/", "~")) or id_or_path.count("/") > 1 or not _REPO_ID.fullmatch(id_or_path) or ".." in id_or_path or "--" in id_or_path:
-        raise ConfigError(f"{id_or_path}: no such folder, and not a Hugging Face hub id (owner/name)")
-    return None
 
 
-def _cache_dir() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
 
 
-def _unavailable(repo_id: str, why: str) -> WeightsUnavailable:
-    return WeightsUnavailable(
-        f"hf:{repo_id} is not in the Hugging Face cache ({_cache_dir()}) and {why}; run it once with network "
-        f"access, or `hf download {repo_id}` where there is network and copy the cache, or pass a local folder "
-        "written by save_pretrained"
-    )
 
 
-_REACHABLE: dict[str, bool] = {}
 
 
-def _hub_reachable() -> bool:
-    """One quick request to the Hub (through the Hub's own HTTP session and proxies), remembered.
-
-    Without it a missing network costs minutes: huggingface_hub retries every file with backoff.
-    """
-    from huggingface_hub import constants
-
-    if constants.ENDPOINT not in _REACHABLE:
-        try:
-            from huggingface_hub.utils import get_session
-
-            get_session().head(constants.ENDPOINT, timeout=5.0)
-            _REACHABLE[constants.ENDPOINT] = True
-        except Exception:  # DNS failure, refused connection, timeout, proxy error
-            _REACHABLE[constants.ENDPOINT] = False
-    return _REACHABLE[constants.ENDPOINT]
 
 
-def _not_found(exc: BaseException) -> bool:
-    """Whether a loading error says the repository does not exist (or is private or gated)."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, (RepositoryNotFoundError, GatedRepoError)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return "not a valid model identifier" in str(exc)
 
 
-def fetch(repo_id: str, load: Callable[..., Any]) -> Any:
-    """``load(local_files_only=...)`` for a hub id: the cache first, then the network.
-
-    Raises ``WeightsUnavailable`` when the files are not cached and cannot be downloaded,
-    ``ConfigError`` when the Hub says there is no such model.
-    """
-    from huggingface_hub import constants
-
-    try:
-        return load(local_files_only=True)
-    except OSError:
-        pass  # not (fully) cached: try the Hub
-    if constants.is_offline_mode():
-        raise _unavailable(repo_id, "HF_HUB_OFFLINE=1 forbids downloading it (unset it to download)")
-    if not _hub_reachable():
-        raise _unavailable(repo_id, f"{constants.ENDPOINT} cannot be reached (no network?)")
-    try:
-        return load(local_files_only=False)
-    except OSError as exc:
-        if _not_found(exc):
-            raise ConfigError(
-                f"hf:{repo_id}: no such model on the Hugging Face Hub (or it is private or gated: run `hf auth login`)"
-            ) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsUnavailable(f"hf:{repo_id}: download failed ({first}); check the network and try again") from None
 
 
 @contextlib.contextmanager
@@ -201,9 +123,9 @@ def _precheck(id_or_path: str) -> None:
     if isinstance(try_to_load_from_cache(id_or_path, "config.json"), str):
         return
     if constants.is_offline_mode():
-        raise _unavailable(id_or_path, "HF_HUB_OFFLINE=1 forbids downloading it (unset it to download)")
-    if not _hub_reachable():
-        raise _unavailable(id_or_path, f"{constants.ENDPOINT} cannot be reached (no network?)")
+        raise unavailable(id_or_path, "HF_HUB_OFFLINE=1 forbids downloading it (unset it to download)")
+    if not hub_reachable():
+        raise unavailable(id_or_path, f"{constants.ENDPOINT} cannot be reached (no network?)")
 
 
 def load_config(id_or_path: str) -> Any:
@@ -254,7 +176,7 @@ def processor_preprocessing(processor: Any, config: Any) -> tuple[int, tuple[flo
     processors the size is the crop size. Without a processor: the config's image size and
     ImageNet statistics.
     """
-    from core.models import IMAGENET_MEAN, IMAGENET_STD
+    from core.models.info import IMAGENET_MEAN, IMAGENET_STD
 
     default_size = config.image_size if isinstance(getattr(config, "image_size", None), int) else 224
     if processor is None:
@@ -297,7 +219,7 @@ def head_path(model: nn.Module) -> str:
         module = getattr(model, name, None)
         if isinstance(module, nn.Module) and any(True for _ in module.parameters()):
             return name
-    return _find_head(model)
+    return find_head(model)
 
 
 def hf_stages(model: HFImageClassifier, head: str) -> list[list[str]]:
@@ -403,7 +325,7 @@ def build_hf_classifier(
         state = read_state_dict(weights)
         if not any(k.startswith("model.") for k in state):
             state = {f"model.{k}": v for k, v in state.items()}
-        info.fresh_head = not _load_into(wrapper, state, info.head, source=weights)
+        info.fresh_head = not load_into(wrapper, state, info.head, source=weights)
     if info.fresh_head and not isinstance(wrapper.get_submodule(info.head), nn.Linear):
         _reset_head(wrapper, info.head, model.config)
     return wrapper, info
@@ -425,11 +347,8 @@ def model_from_arch(arch: dict[str, Any], class_names: list[str]) -> nn.Module:
     return HFImageClassifier(model)
 
 
-def load_hf_classifier(id_or_path: str, device: torch.device) -> Any:
-    """A pretrained Hugging Face classifier as it is (its own labels and image processor)."""
-    from core.inference import Classifier
-    from core.transforms import Preprocessing
-
+def load_pretrained(id_or_path: str) -> tuple[HFImageClassifier, list[str], Any]:
+    """A pretrained classifier as it is: (the wrapped fp32 model, its class names, its image processor)."""
     _precheck(id_or_path)  # before importing transformers: an unavailable model fails in a second
     from transformers import AutoModelForImageClassification
 
@@ -440,21 +359,6 @@ def load_hf_classifier(id_or_path: str, device: torch.device) -> Any:
             id_or_path, AutoModelForImageClassification.from_pretrained, config=config,
             dtype=torch.float32, **_safetensors_kwargs(id_or_path),
         )
-    wrapper = HFImageClassifier(model).to(device).eval()
     labels = model.config.id2label or {}
     class_names = [str(labels.get(i, f"LABEL_{i}")) for i in range(model.config.num_labels)]
-    size, mean, std, interpolation = processor_preprocessing(processor, model.config)
-    pre = Preprocessing(size, mean, std, interpolation)  # type: ignore[arg-type]
-    transform = processor_transform(processor) if processor is not None else None
-    # fp32 like the pipeline (amp=False), so top-k scores match it; path=None: no tlwork run beside it.
-    return Classifier(f"hf:{id_or_path}", wrapper, class_names, pre, wrapper, None, False, transform)
-
-
-def load_hf_bundle(path: str | Path, device: torch.device) -> Any:
-    """A bundle trained on an ``hf:`` backbone, rebuilt offline from its model.json."""
-    from core.bundle import load_bundle
-    from core.inference import Classifier
-
-    bundle = load_bundle(path, device)
-    amp = bool(bundle.meta.get("amp", True))
-    return Classifier(str(bundle.path), bundle.model, bundle.class_names, bundle.preprocessing, bundle.model, bundle.path, amp)
+    return HFImageClassifier(model), class_names, processor

@@ -9,8 +9,6 @@ written atomically (temporary file, fsync, rename) and read without unpickling a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.config import ConfigError
-from core.transforms import Preprocessing
+from core.data.transforms import Preprocessing
+from core.errors import ConfigError
+from core.runs.store import atomic_write
 
 FORMAT = "tlwork-bundle"
 VERSION = 1
@@ -36,24 +35,8 @@ class Bundle:
     path: Path
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a crash leaves either the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a model file is as readable as any other
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def state_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -115,14 +98,14 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
     """Rebuild a bundle's model (eval mode, on ``device``) from its files."""
     from safetensors.torch import load_file
 
-    from core.models import build_model
+    from core.models.build import build_model
 
     d = bundle_dir(path)
     meta = read_meta(d)
     arch = meta["arch"]
     backbone = arch["name"] if arch["kind"] == "torchvision" else f"{arch['kind']}:{arch['name']}"
     if arch["kind"] == "hf":  # rebuilt from the config stored in model.json: no hub, no network
-        from core.hf import model_from_arch
+        from core.models.hf import model_from_arch
 
         model = model_from_arch(arch, list(meta["class_names"]))
     else:

@@ -8,7 +8,7 @@ stop saves a checkpoint, yields ``RunStopped`` and returns. ``stop_after_epoch``
 cleanly at the next epoch boundary. The run directory records config.json, metrics.jsonl,
 status.json, checkpoints and the final bundle.
 
-Under torchrun (``core.distributed``) every worker runs this same loop on its share of each
+Under torchrun (``core.training.strategy``) every worker runs this same loop on its share of each
 global batch (the per-device batch times the number of workers) through
 DistributedDataParallel; only rank 0 writes the run directory and yields events, and the
 figures it reports (loss, accuracy, images/s, validation) are over all workers.
@@ -27,30 +27,37 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from core import distributed
 from core import events as ev
-from core.bundle import save_bundle
-from core.batchsize import auto_batch_size
-from core.checkpoint import (
-    Position, copy_checkpoint, load_model_state, load_optimizer_state, load_scheduler_state, restore_rng, save_checkpoint,
+from core.config import RunConfig
+from core.data.datasets import load_splits
+from core.data.loaders import default_workers, to_device
+from core.data.safedata import SkipLog, Unreadable, drain
+from core.data.sampler import EpochSampler
+from core.device import autocast, channels_last_ok, configure, device_name, is_out_of_memory, seed_everything
+from core.errors import ConfigError, DataError, NonFiniteLoss, out_of_memory, write_failed
+from core.inference.evaluate import Tally
+from core.models.build import build_model, count_params
+from core.models.freeze import freeze, train_mode, trainable_parameters
+from core.runs.bundle import save_bundle
+from core.runs.checkpoint import (
+    Position,
+    copy_checkpoint,
+    load_model_state,
+    load_optimizer_state,
+    load_scheduler_state,
+    restore_rng,
+    save_checkpoint,
 )
-from core.config import ConfigError, RunConfig
-from core.data import DataError, load_splits
-from core.device import autocast, channels_last_ok, configure, device_name, seed_everything
-from core.evaluate import Tally, default_workers, to_device
-from core.freeze import freeze, train_mode, trainable_parameters
-from core.models import build_model, count_params
-from core.features import ExtractionStopped
-from core.pipeline import DataCache, make_pipeline, recorded_paths
-from core.faults import (
-    NonFiniteLoss, finite_weights, first_nonfinite, is_out_of_memory, kept, nonfinite_advice, nonfinite_message, out_of_memory,
-    write_failed,
-)
-from core.resume import BEST, LAST, ResumePoint, RunLock, check_same_data, read_status, saved_preprocessing, start_point
-from core.runs import MetricsWriter, create_run_dir, write_json
-from core.safedata import SkipLog, Unreadable, drain
-from core.schedule import current_lr, make_optimizer, make_scheduler
-from core.plan import EpochSampler, plan_stages, preprocessing_for
+from core.runs.lock import RunLock
+from core.runs.resumption import BEST, LAST, ResumePoint, check_same_data, saved_preprocessing, start_point
+from core.runs.store import MetricsWriter, create_run_dir, read_status, write_json
+from core.training import strategy as distributed
+from core.training.batchsize import auto_batch_size
+from core.training.features import ExtractionStopped
+from core.training.guards import finite_weights, first_nonfinite, kept, nonfinite_advice, nonfinite_message
+from core.training.pipeline import DataCache, make_pipeline, recorded_paths
+from core.training.plan import plan_stages, preprocessing_for
+from core.training.schedule import current_lr, make_optimizer, make_scheduler
 
 EMIT_INTERVAL = 0.1
 
@@ -78,7 +85,7 @@ def train(
 ) -> Iterator[ev.Event]:
     """Train as ``config`` says, yielding events; see the module docstring.
 
-    ``resume`` (from ``core.resume.prepare``) continues a run in its own directory from its
+    ``resume`` (from ``core.training.resume.prepare``) continues a run in its own directory from its
     checkpoint: same sample order, stage, schedule and RNG states. Started by torchrun, it
     joins the workers' process group and leaves it however the run ends; ranks other than 0
     yield nothing.

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from core.device import autocast
-from core.models import ModelInfo
+from core.models.info import ModelInfo
 
 
 def head_block(model: nn.Module, info: ModelInfo) -> str:

@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from core.data import DEMO_DIR, IMAGE_EXTENSIONS, DataError, classify_image_error, decode_threads
+from core.data.datasets import DEMO_DIR
+from core.data.images import IMAGE_EXTENSIONS, classify_image_error, decode_threads
+from core.errors import DataError
 
 IMBALANCE_WARNING = 2.0
 """Largest over smallest class count from which ``check-data`` warns."""
@@ -92,7 +94,7 @@ def inspect_file(path: str) -> _FileInfo:
     """Hash and fully decode one file (a decompression bomb is refused before decoding)."""
     from PIL import Image
 
-    from core.data import refuse_bomb
+    from core.data.images import refuse_bomb
 
     try:
         data = Path(path).read_bytes()
@@ -243,7 +245,7 @@ def _summarise(
 
 def _check_arrays(spec: str, data_dir: str) -> DataReport:
     """CIFAR: counts and duplicates over the decoded arrays (there are no files to break)."""
-    from core.data import load_splits
+    from core.data.datasets import load_splits
 
     splits = load_splits(spec, data_dir)
     reports, digests, train_files, others = [], {}, [], []

@@ -11,42 +11,16 @@ a head whose shape differs from the new one is dropped.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from core.config import ConfigError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsUnavailable(RuntimeError):
-    """Pretrained weights could not be downloaded or read; the message says what to place where."""
-
-
-@dataclass
-class ModelInfo:
-    """What the engine needs to know about a built model besides its modules."""
-
-    kind: str  # torchvision | timm | hf
-    name: str
-    head: str  # dotted path of the classifier module
-    stages: list[list[str]]  # parameter-name groups, input side first, head excluded
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-    extra: dict[str, Any] = field(default_factory=dict)
-    size: int | None = None  # the input size the backbone requires (hf: its image processor's), else None
-    fresh_head: bool = True  # False when the head's weights came from the weights file
-
-    def arch(self) -> dict[str, Any]:
-        """The part of model.json that rebuilds this architecture."""
-        return {"kind": self.kind, "name": self.name, "head": self.head, **self.extra}
+from core.errors import ConfigError, WeightsUnavailable
+from core.models.hub import cache_hint
+from core.models.info import IMAGENET_MEAN, IMAGENET_STD, ModelInfo
+from core.models.weights import find_head, load_into, read_state_dict
 
 
 def parse_backbone(backbone: str) -> tuple[str, str]:
@@ -68,7 +42,7 @@ def build_model(
     if kind == "timm":
         model, info = _build_timm(name, num_classes, weights)
     elif kind == "hf":
-        from core import hf
+        from core.models import hf
 
         model, info = hf.build_hf_classifier(name, num_classes, weights, class_names)
     else:
@@ -101,17 +75,17 @@ def _build_torchvision(name: str, num_classes: int, weights: str) -> tuple[nn.Mo
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise ConfigError(f"unknown torchvision backbone {name!r}; see `tlwork backbones`")
     model = torchvision.models.get_model(name, weights=None)
-    head = _find_head(model)
+    head = find_head(model)
     _replace_module(model, head, nn.Linear(_get_module(model, head).in_features, num_classes))
     info = ModelInfo("torchvision", name, head, _stages(model, head))
     if weights == "imagenet":
         enum = torchvision.models.get_model_weights(name).DEFAULT
         state = _download_torchvision(name, enum)
-        _load_into(model, state, info.head, source=f"ImageNet weights for {name}")
+        load_into(model, state, info.head, source=f"ImageNet weights for {name}")
         info.mean, info.std = tuple(enum.transforms().mean), tuple(enum.transforms().std)
         info.interpolation = str(enum.transforms().interpolation.value)
     elif weights != "none":
-        info.fresh_head = not _load_into(model, read_state_dict(weights), info.head, source=weights)
+        info.fresh_head = not load_into(model, read_state_dict(weights), info.head, source=weights)
     return model, info
 
 
@@ -140,12 +114,12 @@ def _build_timm(name: str, num_classes: int, weights: str) -> tuple[nn.Module, M
         if weights != "imagenet":
             raise
         cfg = timm.models.get_pretrained_cfg(name)
-        where = _hf_cache_hint(getattr(cfg, "hf_hub_id", None) or name)
+        where = cache_hint(getattr(cfg, "hf_hub_id", None) or name)
         raise WeightsUnavailable(
             f"could not download ImageNet weights for timm:{name} ({type(exc).__name__}); {where}, "
             "or pass --weights PATH (a .safetensors file in timm layout)"
         ) from None
-    head = model.pretrained_cfg.get("classifier") or _find_head(model)
+    head = model.pretrained_cfg.get("classifier") or find_head(model)
     cfg = model.pretrained_cfg
     info = ModelInfo(
         "timm",
@@ -157,7 +131,7 @@ def _build_timm(name: str, num_classes: int, weights: str) -> tuple[nn.Module, M
         str(cfg.get("interpolation", "bilinear")),
     )
     if weights not in ("imagenet", "none"):
-        info.fresh_head = not _load_into(model, read_state_dict(weights), info.head, source=weights)
+        info.fresh_head = not load_into(model, read_state_dict(weights), info.head, source=weights)
     return model, info
 
 
@@ -170,7 +144,7 @@ def _check_timm_weights_reachable(name: str) -> None:
     import timm
     from huggingface_hub import constants, try_to_load_from_cache
 
-    from core.hf import _hub_reachable
+    from core.models.hub import hub_reachable
 
     repo = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
     if not repo:
@@ -178,7 +152,7 @@ def _check_timm_weights_reachable(name: str) -> None:
     files = ("model.safetensors", "pytorch_model.bin")
     if any(isinstance(try_to_load_from_cache(repo, f), str) for f in files):
         return
-    if constants.is_offline_mode() or not _hub_reachable():
+    if constants.is_offline_mode() or not hub_reachable():
         raise WeightsUnavailable(
             f"could not download ImageNet weights for timm:{name}: the Hugging Face Hub cannot be reached and "
             f"{constants.HF_HUB_CACHE} holds no copy; download {constants.ENDPOINT}/{repo}/resolve/main/model.safetensors "
@@ -186,55 +160,10 @@ def _check_timm_weights_reachable(name: str) -> None:
         )
 
 
-def _hf_cache_hint(repo_id: str) -> str:
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except ImportError:  # pragma: no cover - huggingface_hub ships with timm
-        HF_HUB_CACHE = "~/.cache/huggingface/hub"
-    return f"with network access run it once to fill {HF_HUB_CACHE} (Hugging Face repo {repo_id})"
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file or a ``torch.save``d state dict (never unpickles objects)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--weights {path!r}: no such file; pass imagenet, none or a path to .safetensors/.pth")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(p))
-        except Exception as exc:
-            raise WeightsUnavailable(f"--weights {path}: not a readable safetensors file ({exc})") from None
-    else:
-        try:
-            state = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsUnavailable(
-                f"--weights {path}: not a plain state dict ({type(exc).__name__}); "
-                "tlwork loads only tensors (weights_only=True); convert it to .safetensors"
-            ) from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsUnavailable(f"--weights {path}: expected a mapping of names to tensors")
-    return {re.sub(r"^(module\.|_orig_mod\.)", "", k): v for k, v in state.items()}
 
 
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], head: str, source: str) -> bool:
-    """Load ``state`` into ``model``, dropping a head of another shape; other gaps are errors."""
-    own = model.state_dict()
-    kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in kept and not k.startswith(head + ".")]
-    if missing:
-        unexpected = [k for k in state if k not in own]
-        raise WeightsUnavailable(
-            f"{source} does not fit this backbone: {len(missing)} tensors missing "
-            f"(e.g. {missing[0]}), {len(unexpected)} unexpected; check --backbone"
-        )
-    model.load_state_dict(kept, strict=False)
-    return any(k.startswith(head + ".") for k in kept)
 
 
 def _get_module(model: nn.Module, path: str) -> nn.Module:
@@ -246,12 +175,6 @@ def _replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
-def _find_head(model: nn.Module) -> str:
-    """The dotted path of the last Linear layer: the classifier of every torchvision CNN and ViT."""
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError("this backbone has no Linear classifier layer to replace")
-    return linears[-1]
 
 
 def _stages(model: nn.Module, head: str) -> list[list[str]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from core.models import ModelInfo
+from core.models.info import ModelInfo
 
 
 def freeze(model: nn.Module, info: ModelInfo, mode: str, unfreeze_stages: int = 1) -> None:
