@@ -3,6 +3,18 @@
 Training and evaluation are generators of these frozen, slotted dataclasses. They hold plain
 Python values (never tensors), are named in the past tense, and each turns into a JSON
 object with an ``"event"`` key (``to_record``) for ``--json`` output and metrics.jsonl.
+
+The generators' contract (``core.training.train.train``, ``core.inference.evaluate.evaluate``,
+``core.inference.classify.classify``):
+
+- Stopping is cooperative: each checks its ``stop`` event at batch boundaries. On a stop it
+  yields exactly one closing event, ``RunStopped``, ``EvaluationStopped`` or
+  ``ClassificationStopped``, and returns; it never raises to stop. A run that ends normally
+  closes with ``RunFinished``, ``EvaluationEnded`` or ``ClassificationEnded`` instead.
+- No generator yields inside ``torch.inference_mode()`` or ``autocast``: the consumer's code
+  runs between events, and must not run in those modes.
+- Errors a user can act on are ``core.errors.TlworkError`` subclasses, raised from the
+  generator with a one-line message.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ class RunStarted:
     total_params: int
     start_epoch: int = 0
     start_step: int = 0
+    stages: tuple[tuple[str, int], ...] = ()  # (stage name, epochs) in order: the run's plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +198,15 @@ class EvaluationEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class EvaluationStopped:
+    """Evaluation stopped on request after ``batch`` of ``batches``; no figures are reported."""
+
+    model: str
+    batch: int
+    batches: int
+
+
+@dataclass(frozen=True, slots=True)
 class ClassificationStarted:
     """Classifying ``images`` files with ``model`` began."""
 
@@ -219,6 +241,16 @@ class ClassificationEnded:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class ClassificationStopped:
+    """Classification stopped on request; ``classified`` and ``failed`` count the files done before it."""
+
+    model: str
+    classified: int
+    failed: int
+    seconds: float
+
+
 Event = Union[
     RunStarted,
     StageStarted,
@@ -232,10 +264,12 @@ Event = Union[
     EvaluationStarted,
     EvalBatchEnded,
     EvaluationEnded,
+    EvaluationStopped,
     ClassificationStarted,
     ImageClassified,
     ImageFailed,
     ClassificationEnded,
+    ClassificationStopped,
 ]
 
 

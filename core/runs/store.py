@@ -105,18 +105,41 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A small JSON object file (config.json, status.json), or {} when it is missing, damaged or not an object."""
     try:
         data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """A run's status.json, or {} when it is missing or damaged."""
+    return read_json(Path(run_dir) / "status.json")
+
+
+def read_config(run_dir: Path | None) -> RunConfig | None:
+    """A run's config.json as a ``RunConfig``, or None when there is none or it is damaged.
+
+    For showing and reusing a run's settings; resuming reads it strictly instead
+    (``core.runs.resumption.load_run_config``), since a damaged config must not train.
+    """
+    if run_dir is None:
+        return None
+    data = read_json(Path(run_dir) / "config.json")
+    if not data:
+        return None
+    try:
+        return RunConfig.from_dict(data)
+    except (TypeError, ValueError):
+        return None
 
 
 def summarize(run_dir: Path) -> RunSummary:
     """A run's summary from its files; damaged files give an ``unknown`` row, not an error."""
-    config = _read_json(run_dir / "config.json")
-    status = _read_json(run_dir / "status.json")
+    config = read_json(run_dir / "config.json")
+    status = read_status(run_dir)
     epochs = [m for m in read_metrics(run_dir) if m.get("event") == "epoch_ended"]
     accs = [m["val_accuracy"] for m in epochs if isinstance(m.get("val_accuracy"), (int, float))]
     total = config.get("epochs", 0) + (config.get("probe_epochs", 0) if config.get("mode") == "probe-then-finetune" else 0)
@@ -168,15 +191,6 @@ def resolve_model(ref: str, runs_dir: str | Path = "runs") -> Path:
         if c.is_dir() and (c / "config.json").is_file():
             raise ConfigError(f"{c}: this run has no final model yet (stopped or still running); resume or finish it first")
     raise ConfigError(f"{ref}: no such run or bundle; pass a run directory, a model.json path or 'last' (see `tlwork runs`)")
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    """A run's status.json, or {} when it is missing or damaged."""
-    try:
-        data = json.loads((run_dir / "status.json").read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 _UMASK = os.umask(0o022)
