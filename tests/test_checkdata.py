@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import make_image_folder
+from tinydata import make_image_folder
 from typer.testing import CliRunner
 
 from core.data.checkdata import check_dataset

@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from conftest import TINY_BACKBONE, make_image_folder
 from safetensors.torch import load_file
 from test_checkdata import corrupt_folder
+from tinydata import TINY_BACKBONE, make_image_folder
 from typer.testing import CliRunner
 
 from core import events as ev

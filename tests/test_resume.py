@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TINY_BACKBONE, make_image_folder
 from safetensors.torch import load_file
+from tinydata import TINY_BACKBONE, make_image_folder
 from typer.testing import CliRunner
 
 from core import events as ev

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_BACKBONE, FinishedRun
 from test_checkdata import bomb_png
+from tinydata import REPO_ROOT, TINY_BACKBONE, FinishedRun
 from typer.testing import CliRunner
 
 from core.config import RunConfig, check_run_name
