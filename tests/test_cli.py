@@ -12,8 +12,11 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -259,50 +262,76 @@ def test_unusable_image_folders_exit_3(layout: str, tmp_path: Path) -> None:
     assert ("no images found" if layout == "empty" else "only one class") in message
 
 
-def test_a_dataset_that_cannot_be_downloaded_exits_3_naming_the_file(tmp_path: Path) -> None:
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` where PORT is bound but never listens: every connection is refused at once."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
+def offline_urllib(refused_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain-URL downloads (torchvision weights, CIFAR) meet a refused proxy, online or not.
+
+    torch.hub and torchvision download through ``urllib.request.urlopen``, which builds its
+    opener once per process and reads the proxy variables then; clearing it makes the next
+    download read these (monkeypatch puts the old opener back afterwards).
+    """
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, refused_url)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)
+
+
+def test_a_dataset_that_cannot_be_downloaded_exits_3_naming_the_file(tmp_path: Path, offline_urllib: None) -> None:
     data_dir = tmp_path / "cifar"
     result = invoke("run", "--dataset", "cifar10", "--data-dir", str(data_dir), "--weights", "none", "--runs-dir", str(tmp_path / "runs"))
-    if (data_dir / "cifar-10-batches-py").is_dir():
-        pytest.skip("this machine reached the network and downloaded CIFAR-10")
     assert result.exit_code == 3, result.output
     message = one_line_error(result)
     assert "cifar-10-python.tar.gz" in message and str(data_dir) in message and "--dataset demo" in message
+    assert not (data_dir / "cifar-10-batches-py").exists()
     assert not (tmp_path / "runs").exists()
 
 
 def test_imagenet_weights_that_cannot_be_downloaded_exit_3_naming_file_and_cache(
-    tiny_folder: Path, tmp_path: Path
+    tiny_folder: Path, tmp_path: Path, offline_urllib: None
 ) -> None:
-    torch_home = tmp_path / "torch-home"
+    torch_home = tmp_path / "torch-home"  # empty: nothing cached
     result = invoke(
         "run", "--dataset", f"imagefolder:{tiny_folder}", "--backbone", "resnet18", "--weights", "imagenet",
         "--runs-dir", str(tmp_path / "runs"), env={"TORCH_HOME": str(torch_home)},
     )  # fmt: skip
-    cached = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    if cached.is_file():
-        pytest.skip("this machine reached the network and downloaded the weights")
     assert result.exit_code == 3, result.output
     message = one_line_error(result)
+    cached = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert str(cached) in message and "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
     assert "--weights PATH" in message
+    assert "Connection refused" in message  # the download really met the refused proxy
+    assert not cached.exists()
     assert not (tmp_path / "runs").exists()  # no silent fallback to random weights
 
 
-def test_timm_weights_that_cannot_be_downloaded_exit_3_at_once(tiny_folder: Path, tmp_path: Path) -> None:
-    from huggingface_hub import constants, try_to_load_from_cache
+def test_timm_weights_that_cannot_be_downloaded_exit_3_at_once(
+    tiny_folder: Path, tmp_path: Path, refused_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
 
-    from core.models.hub import hub_reachable
-
+    # An empty Hub cache and a Hub endpoint that refuses connections: the real reachability
+    # check answers "unreachable" whether or not this machine is online. huggingface_hub reads
+    # both constants when it is called, not only at import.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "ENDPOINT", refused_url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     repo = "timm/test_resnet.r160_in1k"
-    if isinstance(try_to_load_from_cache(repo, "model.safetensors"), str) or hub_reachable():
-        pytest.skip("the weights are cached or the Hugging Face Hub is reachable here")
     result = invoke(
         "run", "--dataset", f"imagefolder:{tiny_folder}", "--backbone", TINY_BACKBONE, "--weights", "imagenet",
         "--runs-dir", str(tmp_path / "runs"),
     )  # fmt: skip
     assert result.exit_code == 3, result.output
     message = one_line_error(result)
-    assert str(constants.HF_HUB_CACHE) in message and f"{repo}/resolve/main/model.safetensors" in message
+    assert str(tmp_path / "hf-cache") in message and f"{refused_url}/{repo}/resolve/main/model.safetensors" in message
     assert "Retrying" not in result.stderr  # no minute of backoff before the answer
     assert not (tmp_path / "runs").exists()
 
