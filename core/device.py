@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from core.errors import ConfigError
+from core.errors import ConfigError, RunFault
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -153,3 +153,20 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return False
 
 
+def env_world() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) from torchrun's environment, or None outside torchrun."""
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return None
+    try:
+        world = int(os.environ["WORLD_SIZE"])
+        rank = int(os.environ["RANK"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError:
+        raise RunFault("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers; start workers with torchrun or --nproc-per-node") from None
+    return rank, world, local
+
+
+def env_is_main() -> bool:
+    """True unless torchrun started this process as a rank other than 0 (readable before joining)."""
+    found = env_world()
+    return found is None or found[0] == 0

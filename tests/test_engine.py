@@ -77,8 +77,7 @@ def test_every_batch_can_be_its_own_event(
     tiny_config: Callable[..., RunConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # With no coalescing window each batch is reported alone, in order.
-    monkeypatch.setattr("core.training.train.EMIT_INTERVAL", 0.0)
-    batches = [e for e in train(tiny_config(batch_size=8)) if isinstance(e, ev.BatchEnded)]
+    batches = [e for e in train(tiny_config(batch_size=8), emit_interval=0.0) if isinstance(e, ev.BatchEnded)]
     assert [(e.batch, len(e.losses)) for e in batches] == [(i, 1) for i in range(1, 6)]
     assert [e.step for e in batches] == [1, 2, 3, 4, 5]
 
@@ -88,9 +87,8 @@ def test_reported_learning_rate_is_the_one_each_batch_trained_at(
 ) -> None:
     # StepLR(1, 0.1): epoch 1 trains at 1e-2, epoch 2 at 1e-3. The last batch of epoch 1 and
     # the epoch's summary must say 1e-2, not the rate the schedule has already moved on to.
-    monkeypatch.setattr("core.training.train.EMIT_INTERVAL", 0.0)
     config = tiny_config(epochs=2, lr=1e-2, scheduler="step", step_size=1, step_gamma=0.1)
-    events = list(train(config))
+    events = list(train(config, emit_interval=0.0))
     by_epoch = {(e.epoch, e.batch): round(e.lr, 12) for e in events if isinstance(e, ev.BatchEnded)}
     assert by_epoch == {(1, 1): 1e-2, (1, 2): 1e-2, (1, 3): 1e-2, (2, 1): 1e-3, (2, 2): 1e-3, (2, 3): 1e-3}
     assert [round(e.lr, 12) for e in events if isinstance(e, ev.EpochEnded)] == [1e-2, 1e-3]
@@ -136,11 +134,10 @@ def test_probe_then_finetune_runs_two_stages(tiny_config: Callable[..., RunConfi
 def test_stop_saves_a_loadable_checkpoint_and_returns(
     tiny_config: Callable[..., RunConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("core.training.train.EMIT_INTERVAL", 0.0)
     stop = threading.Event()
     events: list[Any] = []
     config = tiny_config(epochs=2, batch_size=8)
-    for event in train(config, stop=stop):
+    for event in train(config, stop=stop, emit_interval=0.0):
         events.append(event)
         if isinstance(event, ev.BatchEnded):
             stop.set()

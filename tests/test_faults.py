@@ -54,16 +54,16 @@ def config_for(folder: Path, runs: Path, **overrides: Any) -> RunConfig:
 
 def hook_model(monkeypatch: pytest.MonkeyPatch, hook: Callable[[torch.nn.Module, Any, Any], Any], pre: bool = False) -> None:
     """Attach ``hook`` to the model the engine builds (the injection point for faults a CPU lacks)."""
-    import core.training.train
+    import core.training.setup
 
-    real = core.training.train.build_model
+    real = core.training.setup.build_model
 
     def build(*args: Any, **kwargs: Any) -> Any:
         model, info = real(*args, **kwargs)
         (model.register_forward_pre_hook if pre else model.register_forward_hook)(hook)
         return model, info
 
-    monkeypatch.setattr(core.training.train, "build_model", build)
+    monkeypatch.setattr(core.training.setup, "build_model", build)
 
 
 def nan_at(monkeypatch: pytest.MonkeyPatch, calls: set[int]) -> None:

@@ -30,8 +30,8 @@ from core.errors import ConfigError
 from core.runs.checkpoint import Position, read_checkpoint, restore_rng, save_checkpoint
 from core.runs.lock import RunLock
 from core.runs.resumption import prepare
-from core.training.resume import resume
-from core.training.train import train
+from core.training.resume import resume as resume_run
+from core.training.train import train as run_training
 from tui.cli import app
 
 PY = [sys.executable, "-c", "from tui.cli import main; main()"]
@@ -47,10 +47,14 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("resume-data"))
 
 
-@pytest.fixture(autouse=True)
-def every_batch_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One BatchEnded per batch, so a test can stop at an exact step."""
-    monkeypatch.setattr("core.training.train.EMIT_INTERVAL", 0.0)
+def train(config: RunConfig, **kwargs: Any) -> Any:
+    """The engine with one BatchEnded per batch, so a test can stop at an exact step."""
+    return run_training(config, emit_interval=0.0, **kwargs)
+
+
+def resume(ref: str, **kwargs: Any) -> Any:
+    """``core.training.resume.resume``, reporting every batch too."""
+    return resume_run(ref, emit_interval=0.0, **kwargs)
 
 
 def config_for(folder: Path, runs: Path, **overrides: Any) -> RunConfig:
@@ -197,14 +201,13 @@ def test_a_run_whose_final_model_could_not_be_written_resumes_to_write_it(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     runs = tmp_path / "runs"
-    monkeypatch.setattr("core.training.train.save_bundle", disk_full)
+    monkeypatch.setattr("core.training.session.save_bundle", disk_full)
     events: list[Any] = []
     with pytest.raises(CheckpointWriteFailed, match=r"No space left on device.*checkpoint-last.json \(epoch 1, step 5\) is intact.*--resume .*runs/r`"):
         for event in train(config_for(folder, runs, mode="finetune", epochs=1, name="r")):
             events.append(event)
     assert json.loads((runs / "r" / "status.json").read_text())["status"] == "failed"
     monkeypatch.undo()
-    monkeypatch.setattr("core.training.train.EMIT_INTERVAL", 0.0)
     again = list(resume("r", runs_dir=runs))
     assert [type(e).__name__ for e in again if not isinstance(e, ev.MessageLogged)] == [
         "RunStarted", "CheckpointSaved", "RunFinished",

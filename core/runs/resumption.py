@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from core.config import RunConfig, check_run_name
+from core.data.transforms import Preprocessing
+from core.device import env_is_main
 from core.errors import ConfigError
+from core.runs.checkpoint import Position, read_checkpoint
 from core.runs.lock import RunLock
 from core.runs.store import read_status
 
@@ -39,17 +42,7 @@ class ResumePoint:
     checkpoint: Path
     meta: dict[str, Any]
     tensors: dict[str, Any]
-    position: Any  # core.runs.checkpoint.Position
-
-
-
-
-
-
-
-
-
-
+    position: Position
 
 
 def find_run(ref: str, runs_dir: str | Path = "runs") -> Path:
@@ -127,13 +120,12 @@ def load_run_config(run_dir: Path, origin: str | None) -> RunConfig:
 
 def prepare(ref: str, runs_dir: str | Path = "runs", overrides: dict[str, Any] | None = None) -> tuple[RunConfig, ResumePoint]:
     """(config, resume point) for ``ref``, or a ConfigError saying why it cannot resume."""
-    from core.runs.checkpoint import Position, read_checkpoint
+
 
     run_dir = find_run(ref, runs_dir)
     status = read_status(run_dir)
     if status.get("status") == "finished" or (run_dir / "model.json").is_file():
         raise ConfigError(f"run {run_dir} already finished (model {run_dir / 'model.json'}); nothing to resume")
-    from core.training.strategy import env_is_main
 
     lock = RunLock(run_dir)
     # torchrun starts every worker at once: only rank 0 probes (and then holds) the lock.
@@ -156,43 +148,6 @@ def prepare(ref: str, runs_dir: str | Path = "runs", overrides: dict[str, Any] |
     return config, ResumePoint(run_dir, checkpoint.with_suffix(".json"), meta, tensors, position)
 
 
-
-
-
-
-@dataclass(frozen=True)
-class Start:
-    """Where a (resumed) run's loop begins."""
-
-    stage: int  # index of the first stage to run; len(stages) when only the final model is missing
-    epochs_in_stage: int  # epochs of that stage already done
-    batch: int  # batches of the next epoch already done
-    same_stage: bool  # the checkpoint's optimiser and scheduler belong to that stage
-    epochs_done: int  # epochs done over the whole run before the loop's first epoch
-
-    def describe(self, steps_per_epoch: int) -> str:
-        """``epoch 3, batch 5/13`` or ``epoch 3 from its start``."""
-        where = f"batch {self.batch + 1}/{steps_per_epoch}" if self.batch else "its first batch"
-        return f"continuing at epoch {self.epochs_done + 1}, {where}"
-
-
-def start_point(stage_epochs: list[int], position: Any) -> Start:
-    """The loop's start for a checkpoint ``position`` (None: a fresh run)."""
-    if position is None:
-        return Start(0, 0, 0, False, 0)
-    stage = position.stage
-    if not 0 <= stage < len(stage_epochs):
-        raise ConfigError(f"checkpoint stage {stage} does not exist in this run; the checkpoint is damaged")
-    before = sum(stage_epochs[:stage])
-    in_stage = position.epoch - before - (0 if position.epoch_done else 1)
-    if not 0 <= in_stage <= stage_epochs[stage]:
-        raise ConfigError(f"checkpoint epoch {position.epoch} does not fit this run's stages; the checkpoint is damaged")
-    batch = 0 if position.epoch_done else position.batch
-    if in_stage >= stage_epochs[stage]:
-        return Start(stage + 1, 0, 0, False, before + in_stage)
-    return Start(stage, in_stage, batch, True, before + in_stage)
-
-
 def check_same_data(meta: dict[str, Any], class_names: list[str], train_size: int, batch_size: int) -> None:
     """Refuse to resume on a dataset (or batch size) other than the one the checkpoint saw."""
     then = (meta.get("class_names"), meta.get("train_size"), meta.get("batch_size"))
@@ -203,10 +158,8 @@ def check_same_data(meta: dict[str, Any], class_names: list[str], train_size: in
         )
 
 
-def saved_preprocessing(meta: dict[str, Any]) -> Any:
+def saved_preprocessing(meta: dict[str, Any]) -> Preprocessing:
     """The checkpoint's preprocessing, so a resumed run normalises exactly as before."""
-    from core.data.transforms import Preprocessing
-
     try:
         return Preprocessing.from_dict(meta["preprocessing"])
     except (KeyError, TypeError, ValueError):

@@ -37,7 +37,6 @@ from core.device import channels_last_ok
 from core.errors import ConfigError
 from core.models.info import ModelInfo
 from core.training.features import FeatureBatches, extract, head_block, trunk_features
-from core.training.strategy import gather_rows
 
 
 class FrozenTrunk(nn.Module):
@@ -182,6 +181,7 @@ def make_pipeline(
     sampler: Any,
     stop: threading.Event | None = None,
     shard: Shard | None = None,
+    gather: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> Pipeline:
     """The pipeline for one stage (see the module docstring)."""
     device = cache.device
@@ -224,7 +224,7 @@ def make_pipeline(
             if split not in cache.features:
                 n = len(getattr(splits, split))
                 feats, labels = extract(model, block, image_batches(split, shard.of(_natural(n)), "none", None, 0), device, amp, stop)
-                cache.features[split] = FeatureBatches(gather_rows(feats, n), gather_rows(labels, n))
+                cache.features[split] = FeatureBatches(gather(feats, n), gather(labels, n)) if gather else FeatureBatches(feats, labels)
         train_feats, val_feats = cache.features["train"], cache.features["val"]
         return Pipeline(
             "features", block, steps,

@@ -8,6 +8,8 @@ warms up linearly, then decays to zero; ``onecycle`` is torch's ``OneCycleLR``.
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,3 +61,13 @@ def make_scheduler(
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
     """The learning rate of the first parameter group."""
     return float(optimizer.param_groups[0]["lr"])
+
+
+def step_scheduler(scheduler: Any, quiet: bool = False) -> None:
+    """Step the per-batch schedule; ``quiet`` hides torch's warning for a batch with no optimiser step."""
+    if not quiet:
+        scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()

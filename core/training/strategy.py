@@ -1,39 +1,50 @@
-"""Data-parallel training over several processes with torch.distributed (launched by torchrun).
+"""Where a run's processes stand and what they do together: the strategy object.
 
-``ensure(device)`` joins the process group that torchrun describes in the environment
-(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): NCCL when the
-workers train on CUDA (each on ``cuda:LOCAL_RANK``), gloo on the CPU, with a timeout on every
-collective (``TLWORK_DIST_TIMEOUT`` seconds, default 600), so a worker that dies or hangs ends
-the job instead of stalling it. ``teardown`` leaves the group; ``core.training.train`` calls it in a
-``finally``. With no such environment everything here is a no-op for one process.
+The training loop is written once, for any number of processes; everything that differs
+between one process and a data-parallel job launched by torchrun lives here, as Lightning's
+``Strategy`` does. ``SingleProcess`` is the identity: it reduces nothing, agrees with
+nobody and wraps nothing. ``DataParallel`` joins the process group that torchrun describes
+in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``): NCCL when the workers train on CUDA (each on ``cuda:LOCAL_RANK``), gloo on
+the CPU, with a timeout on every collective (``TLWORK_DIST_TIMEOUT`` seconds, default 600),
+so a worker that dies or hangs ends the job instead of stalling it. ``join(device)`` picks
+one; ``close()`` leaves the group however the run ends.
 
-``Shard`` says which samples a rank takes. The global batch is the per-device batch times
-the world size: global batch ``k`` of ``EpochSampler``'s order is dealt round-robin over the
-ranks (rank ``r`` takes positions ``r, r + W, ...``), so every optimiser step sees the very
-samples a single process with that global batch sees, and DDP's gradient average equals the
-single-process gradient (``scaled_loss`` weights each rank's share by its size; a rank whose
-share of a short last batch is smaller pads it with a sample of weight zero). Validation and
-feature extraction take ``r::W`` of the natural order and are summed (``reduce_tally``) or
-gathered back into that order (``gather_rows``). A gloo "control" group carries the host-side
-decisions every rank must take together (stop now, skip this batch), so they never wait for
-the GPU. ``fault_point`` is a test-only fault-injection switch (``TLWORK_FAIL_RANK``).
+The global batch is the per-device batch times the world size: global batch ``k`` of
+``EpochSampler``'s order is dealt round-robin over the ranks (``core.data.sampler.Shard``),
+so every optimiser step sees the very samples a single process with that global batch sees,
+and DDP's gradient average equals the single-process gradient (``scaled_loss`` weights each
+rank's share by its size; a rank whose share of a short last batch is smaller pads it with a
+sample of weight zero). Validation and feature extraction take ``r::W`` of the natural order
+and are summed (``reduce_tally``) or gathered back into that order (``gather_rows``). A gloo
+"control" group carries the host-side decisions every rank must take together (stop now,
+the batch size), so they never wait for the GPU. Only rank 0 (``is_main``) writes the run
+directory and yields events. ``fault_point`` is a test-only fault-injection switch
+(``TLWORK_FAIL_RANK``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
+import re
 import signal
 import time
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from core.data.sampler import Shard
-from core.errors import RunFault, WorkerLost
+from core.device import env_world, pick_device
+from core.errors import ConfigError, DataError, RunFault, WorkerLost
+
+if TYPE_CHECKING:
+    import threading
+
+    from core.inference.evaluate import Tally
 
 ENV_TIMEOUT = "TLWORK_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0
@@ -46,62 +57,312 @@ ENV_FAIL_MODE = "TLWORK_FAIL_MODE"
 _LOST_MARKERS = ("gloo", "nccl", "processgroup", "c10d")
 
 
+class SingleProcess:
+    """One process on one device: every collective is the identity."""
 
-
-
-
-@dataclass(frozen=True)
-class Context:
-    """Where this process stands in the job; ``world == 1`` is a plain single-process run."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    backend: str = ""
-    control: Any = None  # the gloo group for host-side flags (the default group when it is gloo)
-
-    @property
-    def active(self) -> bool:
-        """True when there are other workers to agree with."""
-        return self.world > 1
+    rank = 0
+    world = 1
+    local_rank = 0
+    backend = ""
 
     @property
     def is_main(self) -> bool:
-        """Rank 0: the one process that writes the run directory and yields events."""
+        """True on the one process that writes the run directory and yields events (rank 0)."""
         return self.rank == 0
 
     @property
     def shard(self) -> Shard:
-        """This rank's share of the data."""
+        """This process's share of the data."""
         return Shard(self.rank, self.world)
 
+    def device(self, name: str) -> torch.device:
+        """The device this process trains on."""
+        return pick_device(name)
 
-_SINGLE = Context()
-_context = _SINGLE
-
-
-def context() -> Context:
-    """The current process's place in the job (a single-process context before ``ensure``)."""
-    return _context
-
-
-def env_world() -> tuple[int, int, int] | None:
-    """(rank, world size, local rank) from torchrun's environment, or None outside torchrun."""
-    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+    def describe(self, global_batch: int) -> str | None:
+        """A line for the run log about the workers, or None for one process."""
         return None
-    try:
-        world = int(os.environ["WORLD_SIZE"])
-        rank = int(os.environ["RANK"])
-        local = int(os.environ.get("LOCAL_RANK", rank))
-    except ValueError:
-        raise RunFault("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers; start workers with torchrun or --nproc-per-node") from None
-    return rank, world, local
+
+    def main_value(self, value: Any, otherwise: Any) -> Any:
+        """``value`` on rank 0, ``otherwise`` on the other ranks (what only rank 0 does or counts)."""
+        return value if self.is_main else otherwise
+
+    def from_main(self, make: Callable[[], Any]) -> Any:
+        """``make()`` run on rank 0 alone (creating the run directory), its result on every rank."""
+        return make()
+
+    def events(self, events: Iterator[Any]) -> Iterator[Any]:
+        """The run's events on rank 0; the other ranks train in step with it, silently."""
+        yield from events
+
+    def status(self) -> dict[str, Any]:
+        """Fields for status.json (the number of workers, when there are several)."""
+        return {}
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any."""
+        return flag
+
+    def agree_min(self, value: int) -> int:
+        """The smallest ``value`` over the ranks (the batch size every device can hold)."""
+        return value
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` (a picklable object) on every rank."""
+        return value
+
+    @contextlib.contextmanager
+    def main_first(self, enabled: bool = True) -> Iterator[None]:
+        """Run the block on each machine's local rank 0 first (downloads into a shared cache), then the rest."""
+        yield
+
+    def gather_rows(self, local: torch.Tensor, total: int) -> torch.Tensor:
+        """The full tensor of ``total`` rows in natural order, from each rank's ``Shard.of`` rows."""
+        return local
+
+    def reduce_tally(self, tally: Tally) -> Tally:
+        """Validation figures over the whole validation set (each rank scored its share)."""
+        return tally
+
+    def sum_totals(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """An epoch's running (loss sum, correct, seen) over all ranks."""
+        return loss_sum, correct, seen
+
+    def prepare(self, model: nn.Module, sync_bn: bool) -> nn.Module:
+        """The model as this strategy trains it (SyncBatchNorm layers under ``--sync-bn`` with workers)."""
+        return model
+
+    def wrap(self, module: nn.Module, device: torch.device, example: torch.Tensor, broadcast_buffers: bool) -> nn.Module:
+        """What training batches run through (DistributedDataParallel's wrapper with workers)."""
+        return module
+
+    def counts(self, usable: int, global_batch: int, batch: int, local: int) -> tuple[int, int]:
+        """(this rank's real samples, the global batch's samples) of 0-based batch ``batch`` holding ``local`` rows."""
+        return local, local
+
+    def scaled_loss(self, per_sample: torch.Tensor, real: int, global_count: int) -> torch.Tensor:
+        """The loss to back-propagate: the batch mean for one process."""
+        return per_sample.mean()
+
+    def mean_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The global batch's mean loss from this rank's ``scaled_loss``, as one process would report it."""
+        return loss
+
+    def reseed(self, seed: int, step: int) -> None:
+        """Give ranks other than 0 their own RNG stream (dropout masks differ); rank 0 keeps one process's."""
+
+    def stop_during_extraction(self, stop: threading.Event | None) -> threading.Event | None:
+        """The stop feature extraction may honour (workers gather features together: they stop at a batch instead)."""
+        return stop
+
+    def check_batch(self, unreadable: bool, epoch: int, batch: int) -> None:
+        """Fail when a worker's whole share of a batch was unreadable (the others wait for its gradients)."""
+
+    def fault_point(self, epoch: int, batch: int) -> None:
+        """Test-only fault injection at a training batch (``TLWORK_FAIL_RANK``)."""
+        fault_point(self.rank, epoch, batch)
+
+    def lost(self, exc: BaseException) -> WorkerLost | None:
+        """The one-line error to raise instead of ``exc`` when it says a peer is gone."""
+        return None
+
+    def close(self) -> None:
+        """Leave the process group (nothing for one process)."""
 
 
-def env_is_main() -> bool:
-    """True unless torchrun started this process as a rank other than 0 (readable before ``ensure``)."""
+class DataParallel(SingleProcess):
+    """One of several processes started by torchrun, training through DistributedDataParallel."""
+
+    def __init__(self, rank: int, world: int, local_rank: int, backend: str, control: Any) -> None:
+        self.rank, self.world, self.local_rank, self.backend = rank, world, local_rank, backend
+        self.control = control  # the gloo group for host-side flags (None: the default group is gloo)
+
+    def device(self, name: str) -> torch.device:
+        """``cuda:LOCAL_RANK`` when the run is on CUDA, else the CPU."""
+        return rank_device(name, self.local_rank, self.world)
+
+    def describe(self, global_batch: int) -> str | None:
+        """The workers, the backend and how the global batch is shared."""
+        local = self.shard.local_batch(global_batch)
+        return f"data-parallel on {self.world} workers ({self.backend}): global batch {global_batch}, {local} per worker"
+
+    def status(self) -> dict[str, Any]:
+        """The number of workers."""
+        return {"workers": self.world}
+
+    def from_main(self, make: Callable[[], Any]) -> Any:
+        """Rank 0 makes it; every rank gets rank 0's result."""
+        return self.broadcast(make() if self.is_main else None)
+
+    def events(self, events: Iterator[Any]) -> Iterator[Any]:
+        """Rank 0 yields; the others consume their own generator without yielding."""
+        if self.is_main:
+            yield from events
+            return
+        for _ in events:
+            pass
+
+    def agree(self, flag: bool) -> bool:
+        """A host-side MAX over the control group."""
+        import torch.distributed as dist
+
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.control)
+        return bool(value.item())
+
+    def agree_min(self, value: int) -> int:
+        """A host-side MIN over the control group."""
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.control)
+        return int(t.item())
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's object, over the control group."""
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
+    @contextlib.contextmanager
+    def main_first(self, enabled: bool = True) -> Iterator[None]:
+        """Local rank 0 first, then the others (one barrier that waits up to an hour: a download may be slow)."""
+        if not enabled:
+            yield
+            return
+        import torch.distributed as dist
+
+        wait = timedelta(seconds=max(3600.0, timeout_seconds()))
+        group = self.control if self.control is not None else dist.group.WORLD
+        if self.local_rank != 0:
+            dist.monitored_barrier(group=group, timeout=wait, wait_all_ranks=True)
+        yield
+        if self.local_rank == 0:
+            dist.monitored_barrier(group=group, timeout=wait, wait_all_ranks=True)
+
+    def _all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def gather_rows(self, local: torch.Tensor, total: int) -> torch.Tensor:
+        """Every rank's rows, padded to one width for ``all_gather``, dealt back into natural order."""
+        import torch.distributed as dist
+
+        width = -(-total // self.world)
+        padded = local.new_zeros((width, *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded.contiguous())
+        out = local.new_empty((total, *local.shape[1:]))
+        for rank, part in enumerate(parts):
+            out[rank::self.world] = part[: len(range(rank, total, self.world))]
+        return out
+
+    def reduce_tally(self, tally: Tally) -> Tally:
+        """Sum the tally's loss, hits, confusion and count over the ranks, in place."""
+        sums = torch.stack([tally.loss, tally.top1.double(), tally.top5.double(),
+                            torch.tensor(float(tally.count), dtype=torch.float64, device=tally.loss.device)])
+        self._all_sum(sums)
+        self._all_sum(tally.confusion)
+        tally.loss = sums[0].clone()
+        tally.top1 = sums[1].round().long()
+        tally.top5 = sums[2].round().long()
+        tally.count = int(sums[3].item())
+        return tally
+
+    def sum_totals(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The epoch's totals summed over the ranks (new tensors)."""
+        sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=loss_sum.device)])
+        self._all_sum(sums)
+        return sums[0], sums[1].round().long(), int(sums[2].item())
+
+    def prepare(self, model: nn.Module, sync_bn: bool) -> nn.Module:
+        """SyncBatchNorm layers under ``--sync-bn``: statistics over the global batch."""
+        return convert_sync_bn(model) if sync_bn else model
+
+    def wrap(self, module: nn.Module, device: torch.device, example: torch.Tensor, broadcast_buffers: bool) -> nn.Module:
+        """``module`` in DistributedDataParallel.
+
+        ``find_unused_parameters`` costs a graph walk every step, so it is on only when a dry
+        forward and backward on ``example`` (in eval mode, so no statistics move) leaves a
+        trainable parameter without a gradient on any rank.
+        """
+        from torch.nn.parallel import DistributedDataParallel
+
+        unused = self.agree(_has_unused_parameters(module, example))
+        ids = [device.index] if device.type == "cuda" else None
+        # torch 2.13 renamed broadcast_buffers (running BatchNorm statistics follow rank 0's each step).
+        names = inspect.signature(DistributedDataParallel).parameters
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers"
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused, **{sync: broadcast_buffers})
+
+    def counts(self, usable: int, global_batch: int, batch: int, local: int) -> tuple[int, int]:
+        """This rank's real rows (its share may be padded) and the global batch's size."""
+        real, global_count = self.shard.counts(usable, global_batch, batch)
+        return min(real, local), global_count
+
+    def scaled_loss(self, per_sample: torch.Tensor, real: int, global_count: int) -> torch.Tensor:
+        """This rank's loss term: DDP averages gradients over the ranks, so the sum is the global mean's."""
+        return per_sample[:real].sum() * (self.world / max(1, global_count))
+
+    def mean_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The ranks' terms summed, over the world size: the global batch's mean loss."""
+        return self._all_sum(loss.detach().clone()) / self.world
+
+    def reseed(self, seed: int, step: int) -> None:
+        """Ranks other than 0 get their own stream; rank 0 keeps one process's, so its checkpoints resume anywhere."""
+        if self.rank:
+            torch.manual_seed(seed * 1_000_003 + self.rank * 7_919 + step)
+
+    def stop_during_extraction(self, stop: threading.Event | None) -> threading.Event | None:
+        """None: the workers extract features together, and stop at a batch boundary instead."""
+        return None
+
+    def check_batch(self, unreadable: bool, epoch: int, batch: int) -> None:
+        """A worker with no readable image in a batch cannot take part in its gradient all-reduce."""
+        if unreadable:
+            raise DataError(f"every image of a batch on worker {self.rank} was unreadable (epoch {epoch}, batch "
+                            f"{batch}); run `tlwork check-data` on the dataset and remove them")
+
+    def lost(self, exc: BaseException) -> WorkerLost | None:
+        """The one-line WorkerLost for a collective's error when a peer died, left or timed out."""
+        return worker_lost(exc) if is_lost_worker(exc) else None
+
+    def close(self) -> None:
+        """Leave the process group (a broken group must not hide the error being raised)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+
+
+def join(device_name: str) -> SingleProcess:
+    """The strategy for this process: ``DataParallel`` (joining torchrun's group) or ``SingleProcess``.
+
+    The caller must ``close()`` it however the run ends.
+    """
+    import torch.distributed as dist
+
     found = env_world()
-    return found is None or found[0] == 0
+    if found is None or found[1] <= 1:
+        return SingleProcess()
+    rank, world, local = found
+    device = rank_device(device_name, local, world)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = timedelta(seconds=timeout_seconds())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend, timeout=timeout, **kwargs)
+    # Host-side flags travel over gloo, so agreeing on "stop" never waits for the GPU.
+    control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
+    return DataParallel(rank, world, local, backend, control)
 
 
 def timeout_seconds() -> float:
@@ -120,9 +381,6 @@ def timeout_seconds() -> float:
 
 def rank_device(name: str, local_rank: int, world: int) -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` when the run is on CUDA, else what ``name`` picks."""
-    from core.device import pick_device
-    from core.errors import ConfigError
-
     if world == 1:
         return pick_device(name)
     # Each worker takes its own GPU, whatever index --device named.
@@ -139,43 +397,6 @@ def rank_device(name: str, local_rank: int, world: int) -> torch.device:
     return device
 
 
-def ensure(device_name: str) -> tuple[Context, bool]:
-    """Join torchrun's process group if the environment describes one; (context, whether we joined).
-
-    The caller that joined (the second value is True) must call ``teardown``.
-    """
-    global _context
-    import torch.distributed as dist
-
-    found = env_world()
-    if found is None or found[1] <= 1 or _context.active:
-        return _context, False
-    rank, world, local = found
-    device = rank_device(device_name, local, world)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    timeout = timedelta(seconds=timeout_seconds())
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend, timeout=timeout, **kwargs)
-    # Host-side flags travel over gloo, so agreeing on "stop" never waits for the GPU.
-    control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
-    _context = Context(rank, world, local, backend, control)
-    return _context, True
-
-
-def teardown() -> None:
-    """Leave the process group (safe to call when none was joined)."""
-    global _context
-    import torch.distributed as dist
-
-    _context = _SINGLE
-    if dist.is_available() and dist.is_initialized():
-        with contextlib.suppress(Exception):  # a broken group must not hide the error being raised
-            dist.destroy_process_group()
-
-
 def is_lost_worker(exc: BaseException) -> bool:
     """True for the errors a collective raises when a peer died, left or timed out."""
     import torch.distributed as dist
@@ -185,10 +406,8 @@ def is_lost_worker(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _LOST_MARKERS)
 
 
-def worker_lost(ctx: Context, exc: BaseException) -> WorkerLost:
+def worker_lost(exc: BaseException) -> WorkerLost:
     """The one-line error of a rank whose peers are gone."""
-    import re
-
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     # gloo and NCCL lead with a source location and trail advice; keep the one sentence that says what happened.
     first = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0][:200]
@@ -196,141 +415,6 @@ def worker_lost(ctx: Context, exc: BaseException) -> WorkerLost:
         f"another worker failed, left or stopped answering ({first}); "
         f"the job stopped; see the first failing rank's error (collective timeout {timeout_seconds():g}s, {ENV_TIMEOUT})"
     )
-
-
-def agree(flag: bool, ctx: Context | None = None) -> bool:
-    """True on every rank when ``flag`` is true on any (a host-side all-reduce; free for one process)."""
-    ctx = ctx or _context
-    if not ctx.active:
-        return flag
-    import torch.distributed as dist
-
-    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=ctx.control)
-    return bool(value.item())
-
-
-def agree_min(value: int, ctx: Context | None = None) -> int:
-    """The smallest ``value`` over the ranks (e.g. the batch size every GPU can hold)."""
-    ctx = ctx or _context
-    if not ctx.active:
-        return value
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=ctx.control)
-    return int(t.item())
-
-
-def all_sum(tensor: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
-    """Sum ``tensor`` over the ranks in place and return it."""
-    ctx = ctx or _context
-    if ctx.active:
-        import torch.distributed as dist
-
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def broadcast(value: Any, ctx: Context | None = None) -> Any:
-    """Rank 0's ``value`` (a picklable object) on every rank."""
-    ctx = ctx or _context
-    if not ctx.active:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0, group=ctx.control)
-    return box[0]
-
-
-@contextlib.contextmanager
-def local_main_first(enabled: bool = True, ctx: Context | None = None) -> Iterator[None]:
-    """Run the block on each machine's local rank 0 first (downloads into a shared cache), then the rest."""
-    ctx = ctx or _context
-    if not (ctx.active and enabled):
-        yield
-        return
-    import torch.distributed as dist
-
-    # A download may outlast the collective timeout: this one barrier waits up to an hour.
-    wait = timedelta(seconds=max(3600.0, timeout_seconds()))
-    group = ctx.control if ctx.control is not None else dist.group.WORLD
-    if ctx.local_rank != 0:
-        dist.monitored_barrier(group=group, timeout=wait, wait_all_ranks=True)
-    yield
-    if ctx.local_rank == 0:
-        dist.monitored_barrier(group=group, timeout=wait, wait_all_ranks=True)
-
-
-def gather_rows(local: torch.Tensor, total: int, ctx: Context | None = None) -> torch.Tensor:
-    """The full tensor of ``total`` rows in natural order, from each rank's ``Shard.of`` rows."""
-    ctx = ctx or _context
-    if not ctx.active:
-        return local
-    import torch.distributed as dist
-
-    width = -(-total // ctx.world)
-    padded = local.new_zeros((width, *local.shape[1:]))
-    padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in range(ctx.world)]
-    dist.all_gather(parts, padded.contiguous())
-    out = local.new_empty((total, *local.shape[1:]))
-    for rank, part in enumerate(parts):
-        count = len(range(rank, total, ctx.world))
-        out[rank::ctx.world] = part[:count]
-    return out
-
-
-def reduce_tally(tally: Any, ctx: Context | None = None) -> Any:
-    """Sum a ``core.inference.evaluate.Tally`` over the ranks in place: figures over the whole validation set."""
-    ctx = ctx or _context
-    if not ctx.active:
-        return tally
-    sums = torch.stack([tally.loss, tally.top1.double(), tally.top5.double(),
-                        torch.tensor(float(tally.count), dtype=torch.float64, device=tally.loss.device)])
-    all_sum(sums, ctx)
-    all_sum(tally.confusion, ctx)
-    tally.loss = sums[0].clone()
-    tally.top1 = sums[1].round().long()
-    tally.top5 = sums[2].round().long()
-    tally.count = int(sums[3].item())
-    return tally
-
-
-def sum_totals(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, ctx: Context | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """An epoch's running (loss sum, correct, seen) summed over the ranks (new tensors)."""
-    ctx = ctx or _context
-    if not ctx.active:
-        return loss_sum, correct, seen
-    sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=loss_sum.device)])
-    all_sum(sums, ctx)
-    return sums[0], sums[1].round().long(), int(sums[2].item())
-
-
-def scaled_loss(per_sample: torch.Tensor, real: int, global_count: int, world: int) -> torch.Tensor:
-    """This rank's loss term: DDP averages gradients over ``world`` ranks, so the sum is the global mean's."""
-    return per_sample[:real].sum() * (world / max(1, global_count))
-
-
-def wrap(module: nn.Module, ctx: Context, device: torch.device, example: torch.Tensor, broadcast_buffers: bool) -> nn.Module:
-    """``module`` in DistributedDataParallel (``module`` itself for one process).
-
-    ``find_unused_parameters`` costs a graph walk every step, so it is on only when a dry
-    forward and backward on ``example`` (in eval mode, so no statistics move) leaves a
-    trainable parameter without a gradient.
-    """
-    if not ctx.active:
-        return module
-    from torch.nn.parallel import DistributedDataParallel
-
-    unused = agree(_has_unused_parameters(module, example), ctx)
-    ids = [device.index] if device.type == "cuda" else None
-    # torch 2.13 renamed broadcast_buffers (running BatchNorm statistics follow rank 0's each step).
-    import inspect
-
-    sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
-    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused, **{sync: broadcast_buffers})
 
 
 def _has_unused_parameters(module: nn.Module, example: torch.Tensor) -> bool:
@@ -363,17 +447,7 @@ def convert_sync_bn(model: nn.Module) -> nn.Module:
     return convert_sync_batchnorm(model)
 
 
-def reseed_rank(seed: int, step: int, ctx: Context) -> None:
-    """Give ranks other than 0 their own global RNG stream (dropout masks differ across ranks).
-
-    Rank 0 keeps the stream a single process would have, so a checkpoint it writes resumes
-    the same way on any number of workers.
-    """
-    if ctx.active and ctx.rank:
-        torch.manual_seed(seed * 1_000_003 + ctx.rank * 7_919 + step)
-
-
-def fault_point(where: str, epoch: int = 0, batch: int = 0, ctx: Context | None = None) -> None:
+def fault_point(rank: int, epoch: int, batch: int) -> None:
     """Test-only fault injection: ``TLWORK_FAIL_RANK=R`` makes rank R fail at a chosen point.
 
     ``TLWORK_FAIL_AT=EPOCH:BATCH`` (default ``1:1``) picks the training batch;
@@ -382,10 +456,7 @@ def fault_point(where: str, epoch: int = 0, batch: int = 0, ctx: Context | None 
     time out). Never set these outside tests.
     """
     target = os.environ.get(ENV_FAIL_RANK)
-    if not target or where != "batch":
-        return
-    ctx = ctx or _context
-    if str(ctx.rank) != target.strip():
+    if not target or str(rank) != target.strip():
         return
     at = os.environ.get(ENV_FAIL_AT, "1:1").split(":")
     if (epoch, batch) != (int(at[0]), int(at[1] if len(at) > 1 else 1)):
@@ -396,17 +467,4 @@ def fault_point(where: str, epoch: int = 0, batch: int = 0, ctx: Context | None 
     if mode == "hang":
         while True:
             time.sleep(3600)
-    raise RuntimeError(f"injected failure on rank {ctx.rank} at epoch {epoch}, batch {batch} ({ENV_FAIL_RANK})")
-
-
-class NullMetrics:
-    """What ranks other than 0 write to metrics.jsonl: nothing."""
-
-    def __init__(self, path: Any) -> None:
-        self.path = path
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Drop the record."""
-
-    def close(self) -> None:
-        """Nothing to close."""
+    raise RuntimeError(f"injected failure on rank {rank} at epoch {epoch}, batch {batch} ({ENV_FAIL_RANK})")

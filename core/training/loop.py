@@ -1,0 +1,250 @@
+"""The training loop: ``fit -> stage -> epoch -> step``, reading like the notebook.
+
+``fit`` yields the run's opening events, trains each remaining stage and saves the final
+model. A stage freezes what its mode freezes, makes its optimiser, schedule and data
+pipeline, and trains its epochs. An epoch is ``for images, labels in batches: forward ->
+loss -> backward -> step``, then validation. After each batch and each epoch the hooks run
+(``core.training.hooks``: reporting, guards, checkpoints, stops) and their events are
+yielded; a hook that ends the run sets ``state.should_stop`` and the loop returns at that
+boundary. Nothing here asks how many processes there are: ``setup.strategy`` answers
+(``core.training.strategy``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from core import events as ev
+from core.data.loaders import to_device
+from core.device import autocast, device_name, is_out_of_memory
+from core.errors import DataError, out_of_memory
+from core.models.build import count_params
+from core.models.freeze import freeze, train_mode, trainable_parameters
+from core.training.features import ExtractionStopped
+from core.training.hooks import Run
+from core.training.pipeline import Pipeline, make_pipeline
+from core.training.plan import Stage
+from core.training.schedule import current_lr, make_optimizer, make_scheduler, step_scheduler
+from core.training.state import EpochState
+from core.training.validate import validate
+
+
+@dataclass
+class StageRun:
+    """A stage being trained: its optimiser, schedule, pipeline, and what batches run through."""
+
+    index: int
+    stage: Stage
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    pipeline: Pipeline
+    forward: nn.Module  # the pipeline's module, wrapped by the strategy (DDP with workers)
+    criterion: nn.Module
+
+
+def fit(run: Run) -> Iterator[ev.Event]:
+    """The whole run: opening events, each remaining stage, then the final model."""
+    yield from opening(run)
+    for index, stage in enumerate(run.setup.stages):
+        if index < run.setup.restore.start.stage:
+            continue
+        yield from train_stage(run, index, stage)
+        if run.state.should_stop:
+            return
+    yield from finish(run)
+
+
+def opening(run: Run) -> Iterator[ev.Event]:
+    """``RunStarted`` and the run log's first lines (data path notes, workers, resume, left-out images)."""
+    setup, state, config = run.setup, run.state, run.setup.config
+    first = setup.stages[min(setup.restore.start.stage, len(setup.stages) - 1)]
+    freeze(setup.model, setup.info, first.mode, config.unfreeze_stages)
+    yield ev.RunStarted(
+        str(run.session.run_dir), config.to_dict(), config.command_line(), str(setup.device), device_name(setup.device),
+        tuple(setup.splits.class_names), len(setup.splits.train), len(setup.splits.val), config.total_epochs,
+        setup.total_steps, count_params(setup.model, trainable_only=True), count_params(setup.model),
+        setup.restore.start.epochs_done, state.step, tuple((s.name, s.epochs) for s in setup.stages),
+    )
+    lines = [*setup.notes, setup.strategy.describe(setup.global_batch), setup.restore.log_line(setup.steps_per_epoch)]
+    for line in lines:
+        if line:
+            yield ev.MessageLogged("info", line)
+    for line in setup.screened:
+        yield ev.MessageLogged("warning", line)
+    if setup.screened:
+        yield ev.MessageLogged("warning", f"{len(setup.screened)} unreadable image(s) left out (see `tlwork check-data`; "
+                                          "--strict stops instead)")
+    if setup.splits.val_source == "held-out":
+        yield ev.MessageLogged("info", f"validating on {len(setup.splits.val)} held-out training images "
+                                       f"(--val-split {config.val_split:g})")
+
+
+def train_stage(run: Run, index: int, stage: Stage) -> Iterator[ev.Event]:
+    """Freeze for the stage's mode, make its optimiser, schedule and pipeline, and train its epochs."""
+    setup, config = run.setup, run.setup.config
+    freeze(setup.model, setup.info, stage.mode, config.unfreeze_stages)
+    params = trainable_parameters(setup.model)
+    optimizer = make_optimizer(params, config.optimizer, stage.lr, config.momentum, config.weight_decay)
+    scheduler = make_scheduler(optimizer, stage.scheduler, setup.steps_per_epoch, stage.epochs, config.step_size,
+                               config.step_gamma, config.warmup_epochs)
+    setup.restore.stage(index, optimizer, scheduler)
+    try:
+        pipeline = _pipeline(run, stage)
+    except ExtractionStopped:  # nothing of this stage trained: the last checkpoint (if any) is where it resumes
+        run.state.stop()
+        yield ev.RunStopped(str(run.session.run_dir), run.session.last_path(), run.state.epoch, run.state.step, "stop requested")
+        return
+    forward = setup.strategy.wrap(pipeline.forward, setup.device, _example(run, pipeline), stage.mode != "linear-probe")
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing, reduction="none")
+    current = StageRun(index, stage, optimizer, scheduler, pipeline, forward, criterion)
+    yield ev.MessageLogged("info", f"stage {stage.name}: {pipeline.kind} data path")
+    first_epoch = sum(s.epochs for s in setup.stages[:index]) + 1
+    yield ev.StageStarted(stage.name, first_epoch, stage.epochs, stage.lr, sum(p.numel() for p in params))
+    yield from run.each("on_stage_start", _epoch_state(run, current, 0))
+    setup.restore.rng(index)  # last, so nothing between the checkpoint and the next batch draws from the RNGs
+    setup.strategy.reseed(config.seed, run.state.step)
+    for _ in range(setup.restore.epochs_done(index), stage.epochs):
+        yield from train_epoch(run, current)
+        if run.state.should_stop:
+            return
+
+
+def _pipeline(run: Run, stage: Stage) -> Pipeline:
+    setup, config = run.setup, run.setup.config
+    return make_pipeline(
+        cache=setup.cache, model=setup.model, forward=setup.forward, info=setup.info, stage_mode=stage.mode,
+        augment=stage.augment, batch_size=setup.global_batch, seed=config.seed, workers=setup.workers,
+        channels_last=config.channels_last, amp=config.amp, cache_features=config.cache_features, sampler=setup.sampler,
+        shard=setup.strategy.shard, stop=setup.strategy.stop_during_extraction(run.stop), gather=setup.strategy.gather_rows,
+    )
+
+
+def _example(run: Run, pipeline: Pipeline) -> torch.Tensor:
+    """One input as the stage's module takes it (the strategy's dry run looks for unused parameters)."""
+    if pipeline.kind == "features":
+        return run.setup.cache.features["train"].features[:1].float()
+    return torch.zeros(1, 3, run.setup.pre.size, run.setup.pre.size, device=run.setup.device)
+
+
+def _epoch_state(run: Run, current: StageRun, skip: int) -> EpochState:
+    """A new epoch's state, with a resumed epoch's running totals (counted once, on rank 0)."""
+    loss_sum, correct, seen = run.setup.strategy.main_value(run.setup.restore.totals(skip), (0.0, 0, 0))
+    device = run.setup.device
+    return EpochState(
+        current.index, current.stage, run.state.epoch, len(current.pipeline), current.optimizer, current.scheduler,
+        torch.tensor(float(loss_sum), device=device, dtype=torch.float64), torch.tensor(int(correct), device=device),
+        int(seen), batch=skip, lr=current_lr(current.optimizer),
+    )
+
+
+def train_epoch(run: Run, current: StageRun) -> Iterator[ev.Event]:
+    """One epoch: every batch in the sampler's order, then validation."""
+    setup, state = run.setup, run.state
+    state.epoch += 1
+    skip = setup.restore.skip(current.index, state.epoch)
+    setup.sampler.set_epoch(state.epoch, skip * setup.strategy.shard.local_batch(setup.global_batch))
+    yield ev.EpochStarted(state.epoch, setup.config.total_epochs, current.stage.name, len(current.pipeline))
+    epoch = _epoch_state(run, current, skip)
+    train_mode(setup.forward)
+    batches = current.pipeline.epoch_batches(state.epoch, setup.sampler.order(), skip)
+    fetch_start = time.perf_counter()
+    for epoch.batch, (images, labels) in enumerate(batches, skip + 1):
+        epoch.wait += time.perf_counter() - fetch_start
+        setup.strategy.fault_point(epoch.epoch, epoch.batch)
+        train_step(run, current, epoch, images, labels)
+        yield from run.each("after_batch", epoch)
+        if state.should_stop:
+            return
+        fetch_start = time.perf_counter()
+    yield from end_epoch(run, current, epoch)
+
+
+def train_step(run: Run, current: StageRun, epoch: EpochState, images: torch.Tensor | None, labels: torch.Tensor | None) -> None:
+    """forward -> loss -> backward -> step on one batch, then the schedule's step."""
+    setup = run.setup
+    setup.strategy.check_batch(images is None, epoch.epoch, epoch.batch)
+    epoch.stepped = epoch.nonfinite = False
+    if images is not None and labels is not None:  # None: every image of the batch was unreadable
+        try:
+            _forward_backward(run, current, epoch, images, labels)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            where = f"epoch {epoch.epoch}, batch {epoch.batch}"
+            raise out_of_memory(str(setup.device), int(setup.config.batch_size), where) from None
+    epoch.lr = current_lr(current.optimizer)  # the rate this batch trained at, before the schedule moves on
+    step_scheduler(current.scheduler, quiet=not epoch.stepped)
+    run.state.step += 1
+
+
+def _forward_backward(run: Run, current: StageRun, epoch: EpochState, images: torch.Tensor, labels: torch.Tensor) -> None:
+    setup, config, strategy = run.setup, run.setup.config, run.setup.strategy
+    images = to_device(images, setup.device, config.channels_last)
+    labels = labels.to(setup.device, non_blocking=True)
+    with autocast(setup.device, config.amp):
+        logits = current.forward(images)
+        per_sample = current.criterion(logits.float(), labels)
+    real, global_count = strategy.counts(setup.sampler.usable, setup.global_batch, epoch.batch - 1, labels.shape[0])
+    loss = strategy.scaled_loss(per_sample, real, global_count)
+    current.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    reported = strategy.mean_loss(loss.detach())  # the global batch's mean, as one process would report it
+    # --skip-nonfinite must know before stepping: one sync per batch, only then.
+    if config.skip_nonfinite and not bool(torch.isfinite(reported).item()):
+        current.optimizer.zero_grad(set_to_none=True)
+        epoch.nonfinite = True
+        return
+    current.optimizer.step()
+    epoch.stepped = True
+    epoch.pending.append(reported)
+    epoch.pending_batches.append(epoch.batch)
+    epoch.loss_sum += per_sample[:real].detach().double().sum()
+    epoch.correct += (logits.detach()[:real].argmax(1) == labels[:real]).sum()
+    epoch.seen += real
+    epoch.window_images += global_count  # images/s over all workers
+
+
+def end_epoch(run: Run, current: StageRun, epoch: EpochState) -> Iterator[ev.Event]:
+    """Validate, yield ``EpochEnded``, then the hooks' epoch-end events (checkpoints, stops)."""
+    setup, state = run.setup, run.state
+    loss_sum, correct, seen = setup.strategy.sum_totals(*epoch.totals())
+    if seen == 0:
+        raise DataError("no training image of this epoch could be read; run `tlwork check-data` on the dataset")
+    train_seconds = time.perf_counter() - epoch.started
+    try:
+        val = validate(current.pipeline.forward, current.pipeline.val_batches(), len(setup.splits.class_names),
+                       setup.device, setup.config, setup.strategy)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise out_of_memory(str(setup.device), int(setup.config.batch_size), f"validating after epoch {epoch.epoch}") from None
+    improved = val["top1"] > state.best
+    state.best = max(state.best, val["top1"])
+    state.val = {"top1": val["top1"], "loss": val["loss"]}
+    yield ev.EpochEnded(
+        epoch.epoch, setup.config.total_epochs, current.stage.name, loss_sum.item() / max(1, seen),
+        correct.item() / max(1, seen), val["loss"], val["top1"], epoch.lr, time.perf_counter() - epoch.started,
+        seen / max(1e-9, train_seconds),
+    )
+    epoch.batch = epoch.batches
+    yield from run.each("after_epoch", epoch, improved)
+
+
+def finish(run: Run) -> Iterator[ev.Event]:
+    """Save the final model as a bundle and yield ``RunFinished``."""
+    setup, state, config = run.setup, run.state, run.setup.config
+    meta = {
+        "run": run.session.run_dir.name, "val_accuracy": state.val["top1"], "dataset": config.dataset, "amp": config.amp,
+        "batch_size": config.batch_size, "command_line": config.command_line(),
+        "global_batch_size": setup.global_batch, "workers": setup.strategy.world,
+    }
+    bundle = run.session.save_bundle(setup.model, setup.info.arch(), setup.splits.class_names, setup.pre, meta)
+    yield ev.CheckpointSaved(str(bundle), state.epoch, state.step, "bundle")
+    state.outcome = "finished"
+    yield ev.RunFinished(str(run.session.run_dir), str(bundle), state.val["top1"], state.val["loss"], state.best,
+                         state.epoch, time.time() - state.started)
