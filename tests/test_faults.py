@@ -15,6 +15,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -243,23 +244,53 @@ def _no_temporary_files(run_dir: Path) -> None:
     assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
 
 
+def _fill_pipe(fd: int) -> None:
+    """Write newlines into the pipe behind ``fd`` until it holds no more: its next write blocks."""
+    os.set_blocking(fd, False)
+    try:
+        while True:
+            os.write(fd, b"\n" * 65536)
+    except BlockingIOError:
+        pass
+
+
 def test_a_second_ctrl_c_exits_130_at_once_and_leaves_no_broken_file(folder: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    # Big enough batches that the second signal lands before the first stop completes.
-    args = _cli_args(folder, runs, "--image-size", "96", "--batch-size", "12", "--checkpoint-every", "1", "--name", "r")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The first stop cannot complete before the second Ctrl+C: the run's --json stdout is a
+    # pipe this test fills to the brim, so the run blocks at its next event line (a stop's
+    # checkpoint_saved and run_stopped lines included) until the pipe is drained, after the
+    # second signal. No race on batch sizes.
+    read_end, write_end = os.pipe()
+    args = _cli_args(folder, runs, "--checkpoint-every", "1", "--name", "r")
+    proc = subprocess.Popen(args, stdout=write_end, stderr=subprocess.PIPE, text=True)
+    stdout = os.fdopen(read_end, "r")
+    drain = threading.Thread(target=stdout.read, daemon=True)  # started once both signals are sent
     try:
-        _until_batches(proc, 3)
+        lines: list[dict[str, Any]] = []
+        for line in stdout:
+            lines.append(json.loads(line))
+            if sum(1 for x in lines if x["event"] == "batch_ended") >= 3:
+                break
+        _fill_pipe(write_end)
         proc.send_signal(signal.SIGINT)
         assert proc.stderr is not None
         first = ""
         while "SIGINT" not in first:  # the first SIGINT has been handled once its line is out
             first = proc.stderr.readline()
             assert first, "the run ended before handling SIGINT"
+        assert proc.poll() is None, "the first stop completed although stdout was full"
         proc.send_signal(signal.SIGINT)
+        os.close(write_end)
+        write_end = -1
+        drain.start()
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
+        if write_end != -1:
+            os.close(write_end)
+        if drain.is_alive():
+            drain.join(timeout=60)
+        stdout.close()
     assert "SIGINT: stopping after this batch" in first and "Ctrl+C again to quit at once" in first
     assert proc.returncode == 130, err
     assert "tlwork: interrupted" in err

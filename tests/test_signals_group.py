@@ -140,6 +140,9 @@ def test_loader_workers_end_with_a_sigkilled_main_process(folder: Path, tmp_path
 def test_a_stuck_workers_own_loader_still_ends_it(tmp_path: Path) -> None:
     # The DataLoader terminate()s a worker that does not leave when asked: that SIGTERM, from
     # the parent, must still end it, while one from anyone else is ignored.
+    # No sleeps: a foreign SIGTERM counts as ignored once the worker has taken it off its pending
+    # set (its sigwaitinfo thread saw it) and then takes a second one too, which a worker that
+    # exited at the first could not; after shutdown the script joins the workers it terminated.
     script = tmp_path / "stuck.py"
     script.write_text(
         "import os, signal, subprocess, sys, time\n"
@@ -151,17 +154,36 @@ def test_a_stuck_workers_own_loader_still_ends_it(tmp_path: Path) -> None:
         "    def __getitem__(self, i):\n"
         "        if i >= 4: time.sleep(60)\n"
         "        return torch.zeros(1)\n"
+        "def dead(pid):\n"
+        "    try:\n"
+        "        return open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[0] in 'ZX'\n"
+        "    except FileNotFoundError:\n"
+        "        return True\n"
+        "def pending_term(pid):\n"
+        "    fields = dict(line.split(':', 1) for line in open(f'/proc/{pid}/status') if ':' in line)\n"
+        "    bit = 1 << (signal.SIGTERM - 1)\n"
+        "    return bool((int(fields['SigPnd'], 16) | int(fields['ShdPnd'], 16)) & bit)\n"
+        "def taken_or_dead(pid):\n"
+        "    deadline = time.monotonic() + 30\n"
+        "    while time.monotonic() < deadline:\n"
+        "        try:\n"
+        "            if dead(pid) or not pending_term(pid): return\n"
+        "        except FileNotFoundError:\n"
+        "            return\n"
+        "        time.sleep(0.001)\n"
+        "    sys.exit(f'SIGTERM still pending in {pid} after 30 s')\n"
         "if __name__ == '__main__':\n"
         "    it = iter(DataLoader(Stuck(), batch_size=2, num_workers=2, **worker_options(2)))\n"
         "    next(it)\n"
-        "    pids = [w.pid for w in it._workers]\n"
-        "    subprocess.run(['kill', '-TERM', *map(str, pids)], check=True)  # another sender\n"
-        "    time.sleep(0.5)\n"
-        "    print('alive', all(w.is_alive() for w in it._workers), flush=True)\n"
+        "    workers = list(it._workers)\n"
+        "    pids = [w.pid for w in workers]\n"
+        "    for _ in range(2):\n"
+        "        subprocess.run(['kill', '-TERM', *map(str, pids)], check=True)  # another sender\n"
+        "        for pid in pids: taken_or_dead(pid)\n"
+        "    print('alive', not any(dead(p) for p in pids), flush=True)\n"
         "    del it  # shutdown: join, then terminate() the stuck workers\n"
-        "    time.sleep(0.2)\n"
-        "    print('left', [p for p in pids if os.path.exists(f'/proc/{p}') and\n"
-        "                   open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z'], flush=True)\n"
+        "    for w in workers: w.join(timeout=30)\n"
+        "    print('left', [p for p in pids if not dead(p)], flush=True)\n"
     )
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
     assert done.returncode == 0, done.stderr
