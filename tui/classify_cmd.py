@@ -96,7 +96,7 @@ class PlainLines:
             line = f"model: {event.model} ({event.images} image{'s' if event.images != 1 else ''}, top {event.top_k})"
         elif isinstance(event, ev.ImageClassified):
             line = f"{event.path}: " + ", ".join(f"{label} {_pct(score).strip()}" for label, score in event.predictions)
-        elif isinstance(event, ev.ClassificationEnded):
+        elif isinstance(event, (ev.ClassificationEnded, ev.ClassificationStopped)):
             line = summary(event)
         else:
             return
@@ -150,7 +150,7 @@ class RichView:
         elif isinstance(event, ev.ImageFailed):
             self._print(Text(f"error: {event.error}", style="red"))
             self._advance()
-        elif isinstance(event, ev.ClassificationEnded):
+        elif isinstance(event, (ev.ClassificationEnded, ev.ClassificationStopped)):
             self.close()
             self.console.print(summary(event))
 
@@ -164,10 +164,11 @@ class RichView:
             self.progress = None
 
 
-def summary(event: ev.ClassificationEnded) -> str:
-    """``classified 12 images, 1 failed, in 0.8s``."""
+def summary(event: ev.ClassificationEnded | ev.ClassificationStopped) -> str:
+    """``classified 12 images, 1 failed, in 0.8s`` (``stopped: classified ...`` for a stopped run)."""
     failed = f", {event.failed} failed" if event.failed else ""
-    return f"classified {event.classified} image{'s' if event.classified != 1 else ''}{failed} in {event.seconds:.1f}s"
+    stopped = "stopped: " if isinstance(event, ev.ClassificationStopped) else ""
+    return f"{stopped}classified {event.classified} image{'s' if event.classified != 1 else ''}{failed} in {event.seconds:.1f}s"
 
 
 def classify(
@@ -225,7 +226,7 @@ def classify(
                         typer.echo(f"tlwork: error: {event.error}", err=True)
                 elif data_out and isinstance(event, ev.ClassificationStarted):
                     typer.echo(f"tlwork: model: {event.model}", err=True)
-                elif data_out and isinstance(event, ev.ClassificationEnded):
+                elif data_out and isinstance(event, (ev.ClassificationEnded, ev.ClassificationStopped)):
                     typer.echo(f"tlwork: {summary(event)}", err=True)
     finally:
         view.close()

@@ -74,6 +74,11 @@ def describe(event: ev.Event) -> str | None:
             )
         case ev.EvaluationStarted():
             return f"evaluating {event.model} on {event.dataset} ({event.split}, {event.images} images)"
+        case ev.EvaluationStopped():
+            return f"stopped evaluating {event.model} after {event.batch} of {event.batches} batches; no figures"
+        case ev.ClassificationStopped():
+            failed = f", {event.failed} failed" if event.failed else ""
+            return f"stopped classifying with {event.model} after {event.classified} image(s){failed} in {event.seconds:.1f}s"
     return None
 
 
