@@ -3,7 +3,8 @@
 Textual's ``Sparkline`` draws one series; a loss curve is noisy enough that people read the
 trend from a smoothed line, so this widget draws both in the same cells: the raw series as
 dim eighth-blocks and the smoothed series as a bright mark at its height, with the range on
-the left. Every point is kept; columns average the points that fall into them.
+the left. Every point is kept; columns average the points that fall into them. The columns'
+heights are computed once per new series or size (``_raster``), not once per row.
 """
 
 from __future__ import annotations
@@ -78,10 +79,31 @@ class LossChart(Widget):
     def __init__(self, *, smoothing: float = 0.1, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.smoothing = smoothing
+        # Per column: (raw bar height in eighths of a row, smoothed value in rows), for one size.
+        self._raster: list[tuple[int, float]] = []
+        self._raster_size: tuple[int, int] | None = None
+        self._labels = ("", "")  # the axis: high, low
 
     def set_values(self, values: Sequence[float]) -> None:
         """Replace the series (non-finite losses are dropped: a NaN has no height)."""
         self.values = tuple(v for v in values if math.isfinite(v))
+
+    def _columns(self, plot_width: int, height: int) -> list[tuple[int, float]]:
+        """The raster for this size, computed when the series or the size has changed."""
+        if self._raster_size != (plot_width, height):
+            values = self.values
+            low, high = min(values), max(values)
+            span = (high - low) or 1.0
+            levels = height * 8
+            raw = bucket(values, plot_width)
+            smooth = bucket(ema(values, self.smoothing), plot_width)
+            # Bars are never empty: the lowest point shows as one full row.
+            self._raster = [
+                (round((r - low) / span * (levels - 8)) + 8, (s - low) / span * (height - 1 / 3)) for r, s in zip(raw, smooth)
+            ]
+            self._labels = (axis_label(high), axis_label(low))
+            self._raster_size = (plot_width, height)
+        return self._raster
 
     def render_line(self, y: int) -> Strip:
         width, height = self.size.width, self.size.height
@@ -90,20 +112,14 @@ class LossChart(Widget):
         axis = self.get_component_rich_style("loss-chart--axis", partial=True)
         if not values:
             return Strip([Segment(" " * width)]) if y else Strip([Segment(" " * AXIS, axis), Segment("no data yet".ljust(plot_width), axis)])
-        raw = bucket(values, plot_width)
-        smooth = bucket(ema(values, self.smoothing), plot_width)
-        low, high = min(values), max(values)
-        span = (high - low) or 1.0
-        levels = height * 8
+        columns = self._columns(plot_width, height)
         row_from_bottom = height - 1 - y
         raw_style = self.get_component_rich_style("loss-chart--raw", partial=True)
         smooth_style = self.get_component_rich_style("loss-chart--smooth", partial=True)
-        label = axis_label(high) if y == 0 else axis_label(low) if y == height - 1 else ""
+        label = self._labels[0] if y == 0 else self._labels[1] if y == height - 1 else ""
         segments = [Segment(label.ljust(AXIS - 1) + "│", axis)]
-        for r, s in zip(raw, smooth):
-            filled = round((r - low) / span * (levels - 8)) + 8  # never empty: the lowest point shows as one full row
+        for filled, level in columns:
             cell = min(8, max(0, filled - row_from_bottom * 8))
-            level = (s - low) / span * (height - 1 / 3)
             smooth_row = min(height - 1, int(level))
             if smooth_row == row_from_bottom:
                 # The smoothed value sits in this row: a low, middle or high mark gives it three
@@ -113,10 +129,14 @@ class LossChart(Widget):
                 segments.append(Segment(LINE[min(2, int((level - smooth_row) * 3))], style))
             else:
                 segments.append(Segment(BLOCKS[cell], raw_style))
-        pad = width - AXIS - len(raw)
+        pad = width - AXIS - len(columns)
         if pad > 0:
             segments.append(Segment(" " * pad))
         return Strip(segments)
 
     def watch_values(self) -> None:
+        self._raster_size = None
         self.refresh()
+
+    def on_resize(self) -> None:
+        self._raster_size = None
