@@ -235,20 +235,9 @@ class Workbench(App[None]):
         screen.action_demo()
 
 
-def make_app(
-    *,
-    engine: Engine = engines.train,
-    evaluator: Engine = engines.evaluate,
-    classifier: Engine = engines.classify,
-    resumer: Engine = engines.resume,
-    runs_dir: str = "runs",
-    data_dir: str = "data",
-    browse_dir: str = ".",
-    memory: Memory = engines.device_memory,
-    cursor_blink: bool = True,
-) -> Workbench:
-    """The app, with its engine functions and folders injectable (tests pass a scripted engine)."""
-    return Workbench(
-        engine=engine, evaluator=evaluator, classifier=classifier, resumer=resumer, runs_dir=runs_dir, data_dir=data_dir,
-        browse_dir=browse_dir, memory=memory, cursor_blink=cursor_blink,
-    )
+def make_app(**options: Any) -> Workbench:
+    """The app, with its engine functions and folders injectable (tests pass a scripted engine).
+
+    ``options`` are ``Workbench``'s keyword arguments, named once there.
+    """
+    return Workbench(**options)

@@ -16,7 +16,7 @@ from typing import Iterable
 from textual.suggester import Suggester
 from textual.widgets import DirectoryTree
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+from core.data.images import IMAGE_EXTENSIONS
 MAX_FILES = 1000
 
 
