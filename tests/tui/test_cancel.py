@@ -1,24 +1,21 @@
-"""Escape cancels a running evaluation or classification, with the real engines.
+"""Escape stops a running evaluation or classification, with the real engines.
 
 Each test evaluates (or classifies) with the session's tiny trained run (``finished_run``).
-``Held`` wraps the real engine function and, on its first call only, waits after the first
-progress event until ``stop`` is set, as a slow batch would: the key is pressed while the
-engine is certainly mid-way, however fast this machine is. Nothing else about the engine
-changes: ``stop`` is the worker's, and the real engine is what has to honour it.
+``Held`` (tui_fixtures) wraps the real engine function and, on its first call only, waits
+after the first progress event until ``stop`` is set, as a slow batch would: the key is
+pressed while the engine is certainly mid-way, however fast this machine is. Nothing else
+about the engine changes: ``stop`` is the worker's, and the real engine is what has to honour it.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from textual.widgets import Input, OptionList, ProgressBar, Static
 from textual.worker import WorkerState
 from tinydata import FinishedRun, make_image_folder
-from tui_fixtures import wait_for
+from tui_fixtures import Held, wait_for
 
 from core import events as ev
 from tui import engines
@@ -29,40 +26,12 @@ from tui.widgets.fields import ChoiceField
 from tui.widgets.prob_bars import ProbabilityBars
 
 
-@dataclass
-class Held:
-    """``engine`` as it is, except that its first call pauses after its first ``after`` event until ``stop`` is set."""
-
-    engine: Callable[..., Iterator[Any]]
-    after: type
-    calls: list[tuple[list[Any], threading.Event]] = field(default_factory=list)
-    held: threading.Event = field(default_factory=threading.Event)  # set once it waits
-
-    def __call__(self, *args: Any, stop: threading.Event | None = None, **kwargs: Any) -> Iterator[Any]:
-        events: list[Any] = []
-        ended = threading.Event()  # set once the engine's generator is finished or closed
-        self.calls.append((events, ended))
-        hold = len(self.calls) == 1
-        try:
-            for event in self.engine(*args, stop=stop, **kwargs):
-                events.append(event)
-                yield event
-                if hold and isinstance(event, self.after):
-                    hold = False
-                    self.held.set()
-                    deadline = time.monotonic() + 30
-                    while stop is not None and not stop.is_set() and time.monotonic() < deadline:
-                        time.sleep(0.01)
-        finally:
-            ended.set()
-
-
 def footer_keys(screen: Any) -> set[str]:
     """The keys the footer shows now (``check_action`` leaves out the ones that cannot run)."""
     return {key for key, active in screen.active_bindings.items() if active.binding.show}
 
 
-async def test_escape_cancels_a_real_evaluation_and_the_next_one_completes(
+async def test_escape_stops_a_real_evaluation_and_the_next_one_completes(
     finished_run: FinishedRun, tmp_path: Path, monkeypatch: Any,
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -83,18 +52,18 @@ async def test_escape_cancels_a_real_evaluation_and_the_next_one_completes(
 
         first = screen.worker
         await pilot.press("escape")
+        # The job's end is handled after every event its worker posted, so once it is, nothing
+        # the engine yielded can still arrive.
         await wait_for(pilot, lambda: not screen.running)
-        assert first is not None and first.state == WorkerState.CANCELLED
+        assert first is not None and first.state == WorkerState.SUCCESS  # the engine stopped itself
         events, ended = evaluator.calls[0]
-        assert ended.wait(30), "the engine's generator was left running"
+        assert ended.is_set(), "the engine's generator was left running"
         assert not any(isinstance(e, ev.EvaluationEnded) for e in events)  # stopped, not run to the end
         assert max(e.batch for e in events if isinstance(e, ev.EvalBatchEnded)) < 57
         summary = str(screen.query_one("#eval-summary", Static).render())
-        assert summary.startswith("cancelled") and "failed" not in summary
+        assert summary.startswith("stopped after") and "of 57 batches" in summary and "failed" not in summary
         assert screen.result is None and bar.progress == 0  # no stale progress
-        await pilot.pause(0.3)  # anything the cancelled engine posted late must not show
-        assert bar.progress == 0 and str(screen.query_one("#eval-summary", Static).render()).startswith("cancelled")
-        await wait_for(pilot, lambda: "escape" not in footer_keys(screen))
+        assert "escape" not in footer_keys(screen)
 
         await pilot.press("ctrl+r")  # the same evaluation again, not held this time
         await wait_for(pilot, lambda: screen.result is not None or not screen.running, timeout=120)
@@ -104,7 +73,7 @@ async def test_escape_cancels_a_real_evaluation_and_the_next_one_completes(
         assert evaluator.calls[1][1].is_set()
 
 
-async def test_escape_cancels_a_real_classification_and_keeps_what_it_classified(
+async def test_escape_stops_a_real_classification_and_keeps_what_it_classified(
     finished_run: FinishedRun, tmp_path: Path, monkeypatch: Any,
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -121,17 +90,16 @@ async def test_escape_cancels_a_real_classification_and_keeps_what_it_classified
 
         first = screen.worker
         await pilot.press("escape")
-        await wait_for(pilot, lambda: not screen.running)
-        assert first is not None and first.state == WorkerState.CANCELLED
+        await wait_for(pilot, lambda: not screen.running)  # handled after every event the worker posted
+        assert first is not None and first.state == WorkerState.SUCCESS  # the engine stopped itself
         events, ended = classifier.calls[0]
-        assert ended.wait(30), "the engine's generator was left running"
+        assert ended.is_set(), "the engine's generator was left running"
         classified = [e for e in events if isinstance(e, ev.ImageClassified)]
-        assert 0 < len(classified) < 120 and not any(isinstance(e, ev.ClassificationEnded) for e in events)
+        assert 0 < len(classified) < 120
         results = screen.query_one("#classify-results", OptionList)
-        await pilot.pause(0.3)
-        assert results.option_count == len(screen.results) <= len(classified)  # nothing after the cancel shows
-        assert "cancelled" in str(results.border_title)
-        await wait_for(pilot, lambda: "escape" not in footer_keys(screen))
+        assert results.option_count == len(screen.results) == len(classified)  # each one it yielded, once
+        assert str(results.border_title) == f"results (stopped after {len(classified)} of 120)"
+        assert "escape" not in footer_keys(screen)
 
         await pilot.press("enter")  # again, to the end this time
         await wait_for(pilot, lambda: not screen.running and len(classifier.calls) == 2, timeout=120)

@@ -6,8 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from textual.widgets import DataTable, Input, OptionList, Static
-from tui_fixtures import CLASSES, CONFUSION, PTF, RUNS, ScriptedEngine, fake_evaluate, make_test_app, wait_for
+from tui_fixtures import (
+    CLASSES, CONFUSION, PTF, RUNS, Held, ScriptedEngine, fake_classify, fake_evaluate, make_test_app, runs_listed, wait_for,
+)
 
+from core import events as ev
 from tui.screens.classify import ClassifyScreen
 from tui.screens.dialogs import ActionsScreen
 from tui.screens.evaluate import EvaluateScreen
@@ -58,9 +61,8 @@ async def test_model_menu_lists_runs_with_a_model_and_dataset_is_passed(workspac
     app = make_test_app(evaluator=recording(fake_evaluate, calls))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("f3")
-        await pilot.pause()
+        await wait_for(pilot, lambda: isinstance(app.screen, EvaluateScreen) and runs_listed(app.screen))
         screen = app.screen
-        assert isinstance(screen, EvaluateScreen)
         picker = screen.query_one("#eval-model", ModelPicker)
         assert sorted(picker.refs) == sorted(f"runs/{name}" for name, _, status, *_ in RUNS if status == "finished")
         screen.query_one("#eval-dataset").set_value("demo")
@@ -157,7 +159,7 @@ async def test_runs_list_and_what_a_run_without_a_model_offers(workspace: Path) 
     app = make_test_app()
     async with app.run_test(size=(110, 34)) as pilot:
         await pilot.press("f5")
-        await pilot.pause()
+        await wait_for(pilot, lambda: runs_listed(app.screen))  # read in a thread worker
         screen = app.screen
         assert isinstance(screen, RunsScreen)
         table = screen.query_one("#runs-table", DataTable)
@@ -179,7 +181,7 @@ async def test_open_a_run_to_evaluate_it(workspace: Path) -> None:
     app = make_test_app(evaluator=recording(fake_evaluate, calls))
     async with app.run_test(size=(110, 34)) as pilot:
         await pilot.press("f5")
-        await pilot.pause()
+        await wait_for(pilot, lambda: runs_listed(app.screen))  # read in a thread worker
         await pilot.press("down", "enter")  # the finished fine-tuning run, then the actions menu
         await pilot.pause()
         assert isinstance(app.screen, ActionsScreen)
@@ -192,7 +194,7 @@ async def test_new_run_from_a_runs_settings(workspace: Path) -> None:
     app = make_test_app()
     async with app.run_test(size=(110, 34)) as pilot:
         await pilot.press("f5")
-        await pilot.pause()
+        await wait_for(pilot, lambda: runs_listed(app.screen))  # read in a thread worker
         await pilot.press("down", "n")
         await wait_for(pilot, lambda: isinstance(app.screen, SetupScreen))
         config = app.screen.config
@@ -205,7 +207,7 @@ async def test_classify_with_a_run(workspace: Path) -> None:
     app = make_test_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("f5")
-        await pilot.pause()
+        await wait_for(pilot, lambda: runs_listed(app.screen))  # read in a thread worker
         await pilot.press("down", "c")
         await wait_for(pilot, lambda: isinstance(app.screen, ClassifyScreen))
         assert app.screen.query_one("#classify-model", ModelPicker).value == FINETUNE
@@ -215,7 +217,7 @@ async def test_compare_two_runs_loss_curves(workspace: Path) -> None:
     app = make_test_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("f5")
-        await pilot.pause()
+        await wait_for(pilot, lambda: runs_listed(app.screen))  # read in a thread worker
         screen = app.screen
         assert screen.check_action("compare", ()) is False  # nothing marked yet
         await pilot.press("down", "m", "up")
@@ -229,3 +231,63 @@ async def test_compare_two_runs_loss_curves(workspace: Path) -> None:
         assert [s.values for s in train] == [tuple(RUNS[1][4]), tuple(RUNS[2][4])]
         assert [s.values for s in val] == [tuple(RUNS[1][5]), tuple(RUNS[2][5])]
         assert screen.query_one("#compare-charts").display
+
+
+async def test_a_run_whose_config_is_gone_says_so(workspace: Path) -> None:
+    app = make_test_app()
+    async with app.run_test(size=(110, 34)) as pilot:
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: runs_listed(app.screen))
+        (Path(FINETUNE) / "config.json").write_text("{not json")
+        await pilot.press("down", "n")
+        await wait_for(pilot, lambda: any("config.json is missing or unreadable" in str(n.message) for n in app._notifications))
+        assert isinstance(app.screen, RunsScreen)  # no set-up from a damaged config
+
+
+async def test_marking_a_run_marks_its_row(workspace: Path) -> None:
+    app = make_test_app()
+    async with app.run_test(size=(110, 34)) as pilot:
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: runs_listed(app.screen))
+        table = app.screen.query_one("#runs-table", DataTable)
+        await pilot.press("down", "m")
+        await pilot.pause()
+        assert [table.get_row_at(i)[0] for i in range(3)] == [" ", "*", " "]
+        await pilot.press("m")
+        await pilot.pause()
+        assert [table.get_row_at(i)[0] for i in range(3)] == [" ", " ", " "]
+
+
+# -- stopping ----------------------------------------------------------------------------------------
+
+
+async def test_escape_stops_an_evaluation_and_says_how_far_it_got(workspace: Path) -> None:
+    evaluator = Held(fake_evaluate, ev.EvalBatchEnded)
+    app = make_test_app(evaluator=evaluator)
+    async with app.run_test(size=(110, 34)) as pilot:
+        await app.open_evaluate(FINETUNE)
+        screen = app.screen
+        await wait_for(pilot, lambda: evaluator.held.is_set() and screen.check_action("cancel", ()) is True)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not screen.running)
+        events, _ = evaluator.calls[0]
+        assert isinstance(events[-1], ev.EvaluationStopped) and (events[-1].batch, events[-1].batches) == (1, 4)
+        assert str(screen.query_one("#eval-summary", Static).render()).startswith("stopped after 1 of 4 batches")
+        assert screen.result is None and screen.stopped == events[-1]
+
+
+async def test_escape_stops_a_classification_and_keeps_what_it_classified(workspace: Path) -> None:
+    classifier = Held(fake_classify, ev.ImageClassified)
+    app = make_test_app(classifier=classifier)
+    async with app.run_test(size=(110, 34)) as pilot:
+        await app.open_classify(FINETUNE)
+        screen = app.screen
+        screen.query_one("#image-path", Input).value = "photos"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: classifier.held.is_set() and screen.check_action("cancel", ()) is True)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not screen.running)
+        events, _ = classifier.calls[0]
+        assert isinstance(events[-1], ev.ClassificationStopped) and events[-1].classified == 1
+        assert list(screen.results) == ["photos/cat.png"]
+        assert screen.query_one("#classify-results", OptionList).border_title == "results (stopped after 1 of 3)"

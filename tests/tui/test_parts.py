@@ -10,7 +10,7 @@ import pytest
 from tui_fixtures import make_test_app, wait_for
 
 from core import events as ev
-from tui.screens.pump import EventPump, EventsReady
+from tui.jobs import EventPump, EventsReady
 from tui.widgets.loss_chart import bucket, ema
 from tui.widgets.memory import describe
 from tui.widgets.paths import PathSuggester, expand_images
@@ -58,6 +58,23 @@ def test_pump_never_posts_twice_while_a_message_is_outstanding() -> None:
     assert len(target.messages) == 2
 
 
+def test_pump_holds_a_quiet_spells_message_until_its_interval_ends() -> None:
+    now = [0.0]
+    target = Recorder()
+    pump = EventPump(target, interval=0.15, clock=lambda: now[0])  # type: ignore[arg-type]
+    pump.put(ev.MessageLogged("info", "a"))
+    pump.drain()
+    target.messages.clear()
+    now[0] = 0.05
+    pump.put(batch(1))  # a tick soon after a redraw, then perhaps a long batch: posted now, due later
+    assert len(target.messages) == 1 and target.messages[0].due == pytest.approx(0.15)
+    pump.put(batch(2))  # the outstanding message carries it
+    assert len(target.messages) == 1
+    pump.put(batch(1000))  # urgent: a second message, due at once
+    assert len(target.messages) == 2 and target.messages[1].due == pytest.approx(0.05)
+    assert [e.batch for e in pump.drain()] == [1, 2, 1000]
+
+
 def test_pump_is_safe_across_threads() -> None:
     target = Recorder()
     pump = EventPump(target, interval=0.0)  # type: ignore[arg-type]
@@ -101,6 +118,18 @@ async def test_path_suggester_completes_folders_and_files(workspace: Path) -> No
     assert expand_images("photos/notes.txt") == ["photos/notes.txt"]  # a named file is tried (and reported)
 
 
+def palette_offers(app: Any, title: str) -> bool:
+    """The open command palette has searched, and ``title`` is the highlighted command."""
+    from textual.command import CommandList, CommandPalette
+
+    if not isinstance(app.screen, CommandPalette):
+        return False
+    commands = app.screen.query_one(CommandList)
+    if commands.highlighted is None:
+        return False
+    return str(commands.get_option_at_index(commands.highlighted).prompt).startswith(title)
+
+
 async def test_command_palette_offers_the_main_actions(workspace: Path) -> None:
     app = make_test_app()
     async with app.run_test(size=(110, 34)) as pilot:
@@ -110,12 +139,31 @@ async def test_command_palette_offers_the_main_actions(workspace: Path) -> None:
         await pilot.press("ctrl+p")
         await pilot.pause()
         await pilot.press(*"demo preset")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: palette_offers(app, "Demo preset"))
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.screen.id == "setup" and app.screen.config is not None and app.screen.config.dataset == "demo")
         await pilot.press("ctrl+p")
         await pilot.pause()
         await pilot.press(*"go to runs")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: palette_offers(app, "Go to Runs"))
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.screen.id == "runs")
+
+
+def test_stopped_evaluations_and_classifications_have_plain_lines() -> None:
+    import io
+    import json
+
+    from tui.classify_cmd import PlainLines, summary
+    from tui.render import JsonRenderer, describe
+
+    assert describe(ev.EvaluationStopped("tiny", 3, 57)) == "stopped evaluating tiny after 3 of 57 batches; no figures"
+    stopped = ev.ClassificationStopped("tiny", 32, 1, 0.84)
+    assert describe(stopped) == "stopped classifying with tiny after 32 image(s), 1 failed in 0.8s"
+    assert summary(stopped) == "stopped: classified 32 images, 1 failed in 0.8s"
+    out = io.StringIO()
+    PlainLines(out).handle(stopped)
+    assert out.getvalue() == "stopped: classified 32 images, 1 failed in 0.8s\n"
+    out = io.StringIO()
+    JsonRenderer(out).handle(ev.EvaluationStopped("tiny", 3, 57))
+    assert json.loads(out.getvalue()) == {"event": "evaluation_stopped", "model": "tiny", "batch": 3, "batches": 57}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -178,3 +179,52 @@ async def test_one_run_at_a_time(workspace: Path, held_engine: ScriptedEngine) -
         assert len(held_engine.calls) == 1
         app.training.request_stop()
         await wait_for(pilot, lambda: app.training.state == "stopped")
+
+
+def with_stages(engine: ScriptedEngine, stages: tuple[tuple[str, int], ...]) -> Any:
+    """``engine`` with its RunStarted's stage plan replaced."""
+
+    def run(config: Any, **kwargs: Any) -> Iterator[Any]:
+        for event in engine(config, **kwargs):
+            yield dataclasses.replace(event, stages=stages) if isinstance(event, ev.RunStarted) else event
+
+    return run
+
+
+async def test_the_stage_plan_comes_from_the_engine(workspace: Path) -> None:
+    # A plan the config alone would not give: the screen must show the engine's.
+    app = make_test_app(with_stages(ScriptedEngine(hold_at=3), (("probe", 1), ("finetune", 1), ("polish", 1))))
+    async with app.run_test(size=(110, 34)) as pilot:
+        await app.start_run(PTF)
+        await wait_for(pilot, lambda: app.training.last_batch is not None and app.training.last_batch.step == 3)
+        assert app.training.stages == [("probe", 1), ("finetune", 1), ("polish", 1)]
+        assert "probe  → finetune → polish" in str(app.training.query_one("#stage-info", Static).render())
+        app.training.request_stop()
+        await wait_for(pilot, lambda: app.training.state == "stopped")
+
+
+async def test_without_a_stage_plan_the_current_stage_is_the_plan(workspace: Path) -> None:
+    app = make_test_app(with_stages(ScriptedEngine(hold_at=3), ()))
+    async with app.run_test(size=(110, 34)) as pilot:
+        await app.start_run(PTF)
+        await wait_for(pilot, lambda: app.training.last_batch is not None and app.training.last_batch.step == 3)
+        assert str(app.training.query_one("#stage-info", Static).render()) == "stage  probe  · epoch 1/3"
+        app.training.request_stop()
+        await wait_for(pilot, lambda: app.training.state == "stopped")
+
+
+async def test_the_title_and_footer_follow_the_state(workspace: Path, held_engine: ScriptedEngine) -> None:
+    app = make_test_app(held_engine)
+    async with app.run_test(size=(110, 34)) as pilot:
+        training = app.training
+        await app.start_run(DEMO_CONFIG)
+        await wait_for(pilot, lambda: training.last_batch is not None)
+        footer = {key for key, b in training.active_bindings.items() if b.binding.show}
+        assert {"s", "e"} <= footer and "n" not in footer
+        training.action_stop_after_epoch()  # what "e" does; asserted before the engine can end the epoch
+        assert "(stopping after epoch 1)" in str(training.query_one("#run-title", Static).render())
+        assert training.check_action("stop_after_epoch", ()) is False
+        await wait_for(pilot, lambda: training.state == "stopped")
+        assert training.has_class("-stopped") and not training.has_class("-running")
+        footer = {key for key, b in training.active_bindings.items() if b.binding.show}
+        assert "n" in footer and "s" not in footer

@@ -37,8 +37,9 @@ class ScriptedEngine:
     """Same signature as ``core.training.train.train``; yields a fixed run's events.
 
     ``hold_at`` makes it wait after that step until ``stop`` or ``stop_after_epoch`` is set;
-    both are then honoured as the real engine does (a checkpoint, then ``RunStopped`` at the
-    next batch, or at the end of the epoch).
+    both are then honoured as the real engine does (a checkpoint and ``RunStopped`` after
+    the batch, or at the end of the epoch). ``test_scripted_engine`` checks that its event
+    sequence is the real engine's.
     """
 
     batches: int = 13
@@ -57,24 +58,27 @@ class ScriptedEngine:
             if config.mode == "probe-then-finetune" else [({"linear-probe": "probe"}.get(config.mode, config.mode), config.epochs, config.lr or 1e-3)]
         total = config.total_epochs * self.batches
         yield ev.RunStarted(run_dir, config.to_dict(), config.command_line(), self.device, self.device_name, CLASSES,
-                            800, 200, config.total_epochs, total, 5_130, 11_181_642)
+                            800, 200, config.total_epochs, total, 5_130, 11_181_642,
+                            stages=tuple((name, epochs) for name, epochs, _ in stages))
         step, epoch, checkpoint = 0, 0, f"{run_dir}/checkpoint-last.json"
         for stage, epochs, lr in stages:
+            # As the real engine says which data path a stage takes (cached features for a probe).
+            yield ev.MessageLogged("info", f"stage {stage}: {'features' if stage == 'probe' else 'device'} data path")
             yield ev.StageStarted(stage, epoch + 1, epochs, lr, 5_130 if stage == "probe" else 11_181_642)
             for _ in range(epochs):
                 epoch += 1
                 yield ev.EpochStarted(epoch, config.total_epochs, stage, self.batches)
                 for batch in range(1, self.batches + 1):
-                    if stop is not None and stop.is_set():
-                        self.saw_stop.set()
-                        yield ev.CheckpointSaved(checkpoint, epoch, step, "stop")
-                        yield ev.RunStopped(run_dir, checkpoint, epoch, step, "stop requested")
-                        return
                     step += 1
                     yield ev.BatchEnded(epoch, batch, self.batches, step, total, (loss_at(step),), lr * (0.5 if epoch > 2 else 1.0),
                                         412.0, 0.03, step * 0.5, (total - step) * 0.5, stage)
                     if step == self.hold_at:
                         self._hold(stop, stop_after_epoch)
+                    if stop is not None and stop.is_set():  # after the batch, as the real engine checks
+                        self.saw_stop.set()
+                        yield ev.CheckpointSaved(checkpoint, epoch, step, "stop")
+                        yield ev.RunStopped(run_dir, checkpoint, epoch, step, "stop requested")
+                        return
                 rate = 1.0 - loss_at(step) / 3
                 yield ev.EpochEnded(epoch, config.total_epochs, stage, loss_at(step) + 0.05, rate - 0.05, loss_at(step) + 0.1,
                                     rate, lr, 6.5, 412.0)
@@ -94,6 +98,41 @@ class ScriptedEngine:
             time.sleep(0.01)
 
 
+@dataclass
+class Held:
+    """``engine`` as it is, except that its first call pauses after its first ``after`` event.
+
+    It waits there until ``stop`` (or any other ``threading.Event`` it was passed, such as
+    ``stop_after_epoch``) is set, as a slow batch would: a key pressed while ``held`` is set
+    lands while the engine is certainly mid-way, however fast this machine is. Nothing else
+    about the engine changes; it is the real engine that has to honour the stop.
+    """
+
+    engine: Callable[..., Iterator[Any]]
+    after: type
+    calls: list[tuple[list[Any], threading.Event]] = field(default_factory=list)
+    held: threading.Event = field(default_factory=threading.Event)  # set once it waits
+
+    def __call__(self, *args: Any, stop: threading.Event | None = None, **kwargs: Any) -> Iterator[Any]:
+        events: list[Any] = []
+        ended = threading.Event()  # set once the engine's generator is finished or closed
+        self.calls.append((events, ended))
+        hold = len(self.calls) == 1
+        releases = [e for e in (stop, *kwargs.values()) if isinstance(e, threading.Event)]
+        try:
+            for event in self.engine(*args, stop=stop, **kwargs):
+                events.append(event)
+                yield event
+                if hold and isinstance(event, self.after):
+                    hold = False
+                    self.held.set()
+                    deadline = time.monotonic() + 30
+                    while not any(e.is_set() for e in releases) and time.monotonic() < deadline:
+                        time.sleep(0.01)
+        finally:
+            ended.set()
+
+
 CONFUSION = tuple(
     tuple(14 if t == p else (3 if (t, p) in ((3, 5), (5, 3), (1, 9), (9, 1)) else (1 if (t * 7 + p) % 9 == 0 else 0)) for p in range(10))
     for t in range(10)
@@ -107,6 +146,9 @@ def fake_evaluate(ref: str, dataset: str | None = None, *, data_dir: str = "data
     split = "validation" if dataset is None else "test"
     yield ev.EvaluationStarted(name, dataset or "demo", split, 200, 4)
     for i in range(1, 5):
+        if stop is not None and stop.is_set():
+            yield ev.EvaluationStopped(name, i - 1, 4)
+            return
         yield ev.EvalBatchEnded(i, 4, 850.0)
     per_class = tuple(row[i] / sum(row) for i, row in enumerate(CONFUSION))
     images = sum(map(sum, CONFUSION))
@@ -120,6 +162,9 @@ def fake_classify(model_ref: str, inputs: list[str], *, top_k: int = 5, batch_si
     yield ev.ClassificationStarted(Path(model_ref).name, len(inputs), top_k)
     done = failed = 0
     for path in inputs:
+        if stop is not None and stop.is_set():
+            yield ev.ClassificationStopped(Path(model_ref).name, done, failed, 0.42)
+            return
         p = Path(path)
         if not p.is_file() or p.suffix.lower() not in (".png", ".jpg", ".jpeg"):
             failed += 1
@@ -220,10 +265,17 @@ async def _to_training(pilot: Pilot, config: RunConfig = DEMO_CONFIG, until: str
         await wait_for(pilot, lambda: app.training.state == until)
 
 
+def runs_listed(screen: Any) -> bool:
+    """The screen's list of runs (read in a thread worker) has arrived."""
+    if screen.id == "runs":
+        return bool(screen.listed)
+    return bool(screen.query_one("ModelPicker").listed)
+
+
 async def _evaluated(pilot: Pilot) -> None:
     app = pilot.app
     await app.open_evaluate("runs/" + RUNS[1][0])
-    await wait_for(pilot, lambda: app.screen.result is not None)
+    await wait_for(pilot, lambda: app.screen.result is not None and runs_listed(app.screen))
 
 
 async def _classified(pilot: Pilot) -> None:
@@ -231,17 +283,17 @@ async def _classified(pilot: Pilot) -> None:
     await app.open_classify("runs/" + RUNS[1][0])
     app.screen.query_one("#image-path").value = "photos"
     app.screen.action_classify()
-    await wait_for(pilot, lambda: len(app.screen.results) == 3)
+    await wait_for(pilot, lambda: len(app.screen.results) == 3 and runs_listed(app.screen))
 
 
 async def _compared(pilot: Pilot) -> None:
-    await pilot.app.switch_mode("runs")
-    await pilot.pause()
+    await _runs(pilot)
     await pilot.press("down", "m", "up", "x")
 
 
 async def _runs(pilot: Pilot) -> None:
     await pilot.app.switch_mode("runs")
+    await wait_for(pilot, lambda: runs_listed(pilot.app.screen))
 
 
 PTF = RunConfig(mode="probe-then-finetune", dataset="demo", weights="none", image_size=32, batch_size=64, epochs=2)

@@ -5,12 +5,14 @@ folders and images choose what to classify; a folder means every image in it. Th
 model is a finished run's bundle, any bundle path, or ``hf:ID`` (issue #4). The engine's
 ``classify`` generator runs in a thread worker; each image's preview uses textual-image,
 which draws real pixels on terminals that can (Sixel, Kitty) and half-blocks elsewhere.
-Escape cancels a running classification as it does an evaluation: the worker is cancelled
-(the engine's ``stop``) and closes the generator; the images classified so far stay listed.
+The classifier runs as this screen's engine job (``tui.jobs``). Escape stops a running
+classification as it does an evaluation: the engine's ``stop`` is set, it ends at its next
+batch with ``ClassificationStopped``, and the images classified so far stay listed.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +27,16 @@ ImagePreview = Image if is_tty else HalfcellImage
 
 from PIL import Image as PILImage
 from rich.markup import escape
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import DirectoryTree, Footer, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.worker import Worker, WorkerState
 
 from core import events as ev
-from tui.screens.evaluate import finished_runs
-from tui.screens.pump import EventPump, EventsReady
+from tui.jobs import JobScreen
 from tui.widgets.fields import ModelPicker
 from tui.widgets.nav import NavBar
 from tui.widgets.paths import ImageTree, PathSuggester, expand_images, is_image
@@ -53,7 +53,7 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
-class ClassifyScreen(Screen[None]):
+class ClassifyScreen(JobScreen):
     """Classify image files with a trained model."""
 
     AUTO_FOCUS = "#image-path"
@@ -66,10 +66,9 @@ class ClassifyScreen(Screen[None]):
 
     def __init__(self) -> None:
         super().__init__(id="classify")
-        self.worker: Worker[None] | None = None
-        self.pump = EventPump(self)
         self.results: dict[str, tuple[tuple[str, float], ...] | str] = {}
         self.requested = 0  # images in the running (or last) request
+        self.stopped = False  # the last request stopped before its end
         self.shown = ""
 
     def compose(self) -> ComposeResult:
@@ -81,9 +80,9 @@ class ClassifyScreen(Screen[None]):
                         compact=True, id="image-path")
         with Horizontal(id="classify-body"):
             with Vertical(id="classify-browse"):
-                yield ImageTree(self.app.browse_dir, id="image-tree")
-                yield OptionList(id="classify-results")
-            with Vertical(id="classify-view"):
+                yield ImageTree(self.app.browse_dir, id="image-tree", classes="panel")
+                yield OptionList(id="classify-results", classes="panel")
+            with Vertical(id="classify-view", classes="panel"):
                 yield Static("", id="image-name")
                 with Container(id="preview"):
                     yield ImagePreview(id="preview-image")
@@ -102,8 +101,8 @@ class ClassifyScreen(Screen[None]):
         self.reload_runs()
 
     def reload_runs(self) -> None:
-        """Refresh the model menu from the runs folder."""
-        self.query_one("#classify-model", ModelPicker).set_runs(finished_runs(self.app.runs_dir))
+        """Refresh the model menu from the runs folder (in a thread worker: it reads every run)."""
+        self.query_one("#classify-model", ModelPicker).reload(self.app.runs_dir)
 
     def choose_model(self, ref: str) -> None:
         """Pick ``ref`` and put the cursor in the path box."""
@@ -133,13 +132,14 @@ class ClassifyScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel":
-            return self.running
+            return self.running and not self.stop_requested
         return True
 
     def action_cancel(self) -> None:
-        """Cancel the running classification; the engine stops at its next batch."""
-        if self.worker is not None and self.running:
-            self.worker.cancel()
+        """Stop the running classification at its next batch; what it classified stays."""
+        if self.stop_job():
+            self.query_one("#classify-results", OptionList).border_title = "results (stopping ...)"
+            self.refresh_bindings()
 
     def action_classify(self) -> None:
         text = self.query_one("#image-path", Input).value.strip()
@@ -154,10 +154,6 @@ class ClassifyScreen(Screen[None]):
 
     # -- classifying ---------------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self.worker is not None and self.worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
-
     def classify(self, paths: list[str]) -> None:
         """Run the classifier over ``paths`` with the picked model."""
         model = self.query_one("#classify-model", ModelPicker).value
@@ -166,43 +162,51 @@ class ClassifyScreen(Screen[None]):
             return
         self.results = {}
         self.requested = len(paths)
+        self.stopped = False
         options = self.query_one("#classify-results", OptionList)
         options.clear_options()
         options.border_title = "results"
         self.set_class(len(paths) > 1, "-many")
-        self.pump = EventPump(self)
         self.show(paths[0])
         self.query_one("#top-k", ProbabilityBars).set_message("classifying ...")
-        self.worker = self.classify_images(model, paths)
+        app = self.app
+
+        def engine(stop: threading.Event) -> Any:
+            return app.classifier(model, paths, top_k=TOP_K, device="auto", runs_dir=app.runs_dir, stop=stop)
+
+        self.start_job(engine, name="classify_images", group="classify")
         self.refresh_bindings()
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="classify", name="classify_images")
-    def classify_images(self, model: str, paths: list[str]) -> None:
-        """Iterate the classifier until it ends or this worker is cancelled (Escape, or a new request)."""
-        worker, pump = get_current_worker(), self.pump
-        events = self.app.classifier(model, paths, top_k=TOP_K, device="auto", runs_dir=self.app.runs_dir, stop=worker.cancelled_event)
-        pump.feed(events, worker.cancelled_event)
-
-    @on(EventsReady)
-    def _events_ready(self, message: EventsReady) -> None:
-        if message.pump is self.pump:
-            self.apply(self.pump.drain())
-
-    def apply(self, events: list[Any]) -> None:
+    def apply_events(self, events: list[Any]) -> None:
         """Record results; show the first (or the highlighted) one."""
         options = self.query_one("#classify-results", OptionList)
         for event in events:
-            if isinstance(event, ev.ImageClassified):
-                self.results[event.path] = event.predictions
-                top = event.predictions[0] if event.predictions else ("?", 0.0)
-                options.add_option(Option(f"{Path(event.path).name}  {top[0]} {100 * top[1]:.0f}%", id=event.path))
-            elif isinstance(event, ev.ImageFailed):
-                self.results[event.path] = event.error
-                options.add_option(Option(f"{Path(event.path).name}  failed", id=event.path))
-            elif isinstance(event, ev.ClassificationEnded) and event.failed:
-                self.notify(f"{event.failed} of {event.classified + event.failed} files could not be classified", severity="warning")
+            match event:
+                case ev.ClassificationStarted():
+                    self.requested = event.images
+                case ev.ImageClassified():
+                    self.results[event.path] = event.predictions
+                    top = event.predictions[0] if event.predictions else ("?", 0.0)
+                    options.add_option(Option(f"{Path(event.path).name}  {top[0]} {100 * top[1]:.0f}%", id=event.path))
+                case ev.ImageFailed():
+                    self.results[event.path] = event.error
+                    options.add_option(Option(f"{Path(event.path).name}  failed", id=event.path))
+                case ev.ClassificationStopped():
+                    self.show_stopped(event.classified + event.failed)
+                case ev.ClassificationEnded() if self.stop_requested and event.classified + event.failed < self.requested:
+                    self.show_stopped(event.classified + event.failed)  # an engine that closes a stop as an end
+                case ev.ClassificationEnded() if event.failed:
+                    self.notify(f"{event.failed} of {event.classified + event.failed} files could not be classified", severity="warning")
         if self.shown in self.results:
             self.show(self.shown)
+
+    def show_stopped(self, done: int) -> None:
+        """Say how far the stopped classification got; its results stay listed."""
+        self.stopped = True
+        text = f"stopped after {done} of {self.requested}"
+        self.query_one("#classify-results", OptionList).border_title = f"results ({text})"
+        if self.shown not in self.results:
+            self.query_one("#top-k", ProbabilityBars).set_message(f"{text} images: press Enter to classify again")
 
     def show(self, path: str) -> None:
         """Preview ``path`` and its predictions, if any yet."""
@@ -220,7 +224,7 @@ class ClassifyScreen(Screen[None]):
             bars.set_message(f"could not classify: {result}")
         elif result is not None:
             bars.set_predictions(result)
-        elif not (self.worker and self.worker.state == WorkerState.RUNNING):
+        elif not self.running:
             bars.set_message("press Enter to classify")
 
     @on(OptionList.OptionHighlighted, "#classify-results")
@@ -228,20 +232,10 @@ class ClassifyScreen(Screen[None]):
         if event.option.id:
             self.show(event.option.id)
 
-    @on(Worker.StateChanged)
-    def _worker_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker is not self.worker or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
-            return
+    def job_finished(self, worker: Worker[None]) -> None:
         self.refresh_bindings()
-        if event.state == WorkerState.CANCELLED:
-            # The thread may still be inside a batch: a fresh pump leaves its last events unread.
-            self.pump = EventPump(self)
-            done = f"cancelled after {len(self.results)} of {self.requested}"
-            self.query_one("#classify-results", OptionList).border_title = f"results ({done})"
-            if self.shown not in self.results:
-                self.query_one("#top-k", ProbabilityBars).set_message(f"{done} images: press Enter to classify again")
-            return
-        self.apply(self.pump.drain())
-        if event.state == WorkerState.ERROR:
-            self.app.worker_failed(event.worker)
-            self.query_one("#top-k", ProbabilityBars).set_message(f"failed: {event.worker.error}")
+        if worker.state == WorkerState.ERROR:
+            self.app.worker_failed(worker)
+            self.query_one("#top-k", ProbabilityBars).set_message(f"failed: {worker.error}")
+        elif self.stop_requested and not self.stopped and len(self.results) < self.requested:
+            self.show_stopped(len(self.results))  # an engine that returned on its stop without saying so

@@ -2,48 +2,34 @@
 
 The model menu lists runs that have a final model (or take any bundle path or ``hf:ID``);
 the dataset menu defaults to the run's own validation split. ``core.inference.evaluate.evaluate``
-runs in a thread worker feeding an ``EventPump``; the result fills a per-class table, a
-confusion-matrix heatmap and the most-confused class pairs. Escape cancels a running
-evaluation: the worker is cancelled, which sets the engine's ``stop``, and the worker closes
-the engine's generator at its next event; whatever the engine yields after that is dropped.
+runs as this screen's engine job (``tui.jobs``); the result fills a per-class table, a
+confusion-matrix heatmap and the most-confused class pairs. Escape stops a running
+evaluation: the engine's ``stop`` is set, it ends at its next batch with
+``EvaluationStopped``, and the screen says how far it got.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from rich.markup import escape
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, ScrollableContainer, Vertical, VerticalGroup
-from textual.screen import Screen
-from textual.timer import Timer
 from textual.widgets import Button, DataTable, Footer, ProgressBar, Static
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.worker import Worker, WorkerState
 
 from core import events as ev
 from core import registry
-from core.runs.store import list_runs
-from tui.screens.pump import EventPump, EventsReady
+from tui.jobs import JobScreen
 from tui.widgets.fields import ChoiceField, ModelPicker
 from tui.widgets.heatmap import ConfusionHeatmap
 from tui.widgets.nav import NavBar
 
-POLL = 0.25  # seconds: how soon a progress tick left in the pump by a quiet engine shows
 
-
-def finished_runs(runs_dir: str) -> list[tuple[str, str]]:
-    """(label, run directory) for runs with a model, newest first."""
-    out = []
-    for r in list_runs(runs_dir):
-        if r.has_bundle:
-            acc = f"  {100 * r.val_accuracy:.1f}%" if r.val_accuracy is not None else ""
-            out.append((f"{r.name}{acc}", r.path))
-    return out
-
-
-class EvaluateScreen(Screen[None]):
+class EvaluateScreen(JobScreen):
     """Pick a model and a dataset, then read its scores."""
 
     BINDINGS = [
@@ -54,11 +40,9 @@ class EvaluateScreen(Screen[None]):
 
     def __init__(self) -> None:
         super().__init__(id="evaluate")
-        self.worker: Worker[None] | None = None
-        self.pump = EventPump(self)
         self.result: ev.EvaluationEnded | None = None
+        self.stopped: ev.EvaluationStopped | None = None
         self.batches = 0  # of the running evaluation, once the engine has said
-        self._timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield NavBar("evaluate")
@@ -71,8 +55,8 @@ class EvaluateScreen(Screen[None]):
                 yield Button("Evaluate ^r", variant="primary", compact=True, id="eval-start")
         yield Static("Pick a model and press Ctrl+R.", id="eval-summary")
         with Horizontal(id="eval-results"):
-            yield DataTable(id="per-class", cursor_type="row", zebra_stripes=True)
-            with Vertical(id="confusion-box"):
+            yield DataTable(id="per-class", classes="panel", cursor_type="row", zebra_stripes=True)
+            with Vertical(id="confusion-box", classes="panel"):
                 with ScrollableContainer(id="confusion-scroll"):
                     yield ConfusionHeatmap(id="confusion")
                 yield Static("", id="most-confused")
@@ -89,14 +73,10 @@ class EvaluateScreen(Screen[None]):
         self.reload_runs()
 
     def reload_runs(self) -> None:
-        """Refresh the model menu from the runs folder."""
-        self.query_one("#eval-model", ModelPicker).set_runs(finished_runs(self.app.runs_dir))
+        """Refresh the model menu from the runs folder (in a thread worker: it reads every run)."""
+        self.query_one("#eval-model", ModelPicker).reload(self.app.runs_dir)
 
     # -- running ------------------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self.worker is not None and self.worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
 
     def evaluate(self, ref: str | None = None) -> None:
         """Score ``ref`` (default: the picked model) on the picked dataset."""
@@ -111,52 +91,45 @@ class EvaluateScreen(Screen[None]):
         if dataset is not None and dataset.endswith(":"):
             self.notify("type the image folder's path beside the dataset menu", severity="warning")
             return
-        self.result = None
+        self.result = self.stopped = None
         self.batches = 0
-        self.pump = EventPump(self)
         self.clear_result()
         self.query_one("#eval-summary", Static).update(f"evaluating {escape(model)} ...")
         self.query_one("#eval-progress", ProgressBar).update(total=100, progress=0)
         self.set_class(True, "-running")
-        self.worker = self.run_evaluation(model, dataset)
-        if self._timer is None:
-            self._timer = self.set_interval(POLL, self._poll)
+        app = self.app
+
+        def engine(stop: threading.Event) -> Any:
+            return app.evaluator(model, dataset, data_dir=app.data_dir, runs_dir=app.runs_dir, batch_size=None,
+                                 device="auto", stop=stop)
+
+        self.start_job(engine, name="run_evaluation", group="evaluate")
         self.refresh_bindings()
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="evaluate", name="run_evaluation")
-    def run_evaluation(self, model: str, dataset: str | None) -> None:
-        """Iterate the evaluator until it ends or this worker is cancelled (Escape, or a new evaluation)."""
-        worker, pump = get_current_worker(), self.pump
-        events = self.app.evaluator(
-            model, dataset, data_dir=self.app.data_dir, runs_dir=self.app.runs_dir, batch_size=None,
-            device="auto", stop=worker.cancelled_event,
-        )
-        pump.feed(events, worker.cancelled_event)
-
-    @on(EventsReady)
-    def _events_ready(self, message: EventsReady) -> None:
-        if message.pump is self.pump:
-            self.apply(self.pump.drain())
-
-    def _poll(self) -> None:
-        # The pump posts at most every 0.15 s, so the tick before a slow batch waits for the next
-        # event; this shows it anyway.
-        self.apply(self.pump.drain())
-
-    def apply(self, events: list[Any]) -> None:
+    def apply_events(self, events: list[Any]) -> None:
         """Show evaluation progress and results."""
         bar = self.query_one("#eval-progress", ProgressBar)
         for event in events:
-            if isinstance(event, ev.EvaluationStarted):
-                self.batches = event.batches
-                bar.update(total=event.batches, progress=0)
-                self.query_one("#eval-summary", Static).update(
-                    f"evaluating {escape(event.model)} on {event.dataset} ({event.split}, {event.images} images) ..."
-                )
-            elif isinstance(event, ev.EvalBatchEnded):
-                bar.update(total=event.batches, progress=event.batch)
-            elif isinstance(event, ev.EvaluationEnded):
-                self.show_result(event)
+            match event:
+                case ev.EvaluationStarted():
+                    self.batches = event.batches
+                    bar.update(total=event.batches, progress=0)
+                    self.query_one("#eval-summary", Static).update(
+                        f"evaluating {escape(event.model)} on {event.dataset} ({event.split}, {event.images} images) ..."
+                    )
+                case ev.EvalBatchEnded():
+                    bar.update(total=event.batches, progress=event.batch)
+                case ev.EvaluationEnded():
+                    self.show_result(event)
+                case ev.EvaluationStopped():
+                    self.stopped = event
+                    self.show_stopped(event.batch, event.batches)
+
+    def show_stopped(self, batch: int, batches: int) -> None:
+        """Say how far the stopped evaluation got; it has no figures."""
+        done = f" after {batch} of {batches} batches" if batches else ""
+        self.query_one("#eval-summary", Static).update(f"[b]stopped[/]{done}: no result. Ctrl+R evaluates again.")
+        self.query_one("#eval-progress", ProgressBar).update(total=100, progress=0)
 
     def clear_result(self) -> None:
         """Empty the per-class table, the heatmap and the confused pairs (they belong to the last result)."""
@@ -181,43 +154,32 @@ class EvaluateScreen(Screen[None]):
             text = "most confused: " + ("; ".join(f"{t} → {p} ({n})" for t, p, n in pairs) if pairs else "none")
             self.query_one("#most-confused", Static).update(text)
 
-    @on(Worker.StateChanged)
-    def _worker_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker is not self.worker or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
-            return
+    def job_finished(self, worker: Worker[None]) -> None:
         self.set_class(False, "-running")
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
-        if event.state == WorkerState.CANCELLED:
-            # The thread may still be inside a batch: a fresh pump leaves its last events unread.
-            self.pump = EventPump(self)
+        if worker.state == WorkerState.ERROR:
+            self.app.worker_failed(worker)
+            self.query_one("#eval-summary", Static).update(f"[b red]failed:[/] {escape(str(worker.error))}")
+        elif self.stop_requested and self.result is None and self.stopped is None:
+            # An engine that returned on its stop without saying so: as far as the bar got.
             bar = self.query_one("#eval-progress", ProgressBar)
-            done = f" after {int(bar.progress)} of {int(bar.total)} batches" if self.batches else ""
-            self.query_one("#eval-summary", Static).update(f"[b]cancelled[/]{done}: no result. Ctrl+R evaluates again.")
-            bar.update(total=100, progress=0)
-            self.refresh_bindings()
-            return
-        self.apply(self.pump.drain())
-        if event.state == WorkerState.ERROR:
-            self.app.worker_failed(event.worker)
-            self.query_one("#eval-summary", Static).update(f"[b red]failed:[/] {escape(str(event.worker.error))}")
+            self.show_stopped(int(bar.progress), self.batches)
         self.refresh_bindings()
 
     # -- actions ------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel":
-            return self.running
+            return self.running and not self.stop_requested
         return True
 
     def action_evaluate(self) -> None:
         self.evaluate()
 
     def action_cancel(self) -> None:
-        """Cancel the running evaluation; the engine stops at its next batch."""
-        if self.worker is not None and self.running:
-            self.worker.cancel()
+        """Stop the running evaluation at its next batch."""
+        if self.stop_job():
+            self.query_one("#eval-summary", Static).update("stopping after this batch ...")
+            self.refresh_bindings()
 
     @on(Button.Pressed, "#eval-start")
     def _start_pressed(self) -> None:

@@ -3,23 +3,25 @@
 Enter on a run opens its actions: evaluate it, classify with it, start a new run from its
 settings (config.json loads into the set-up screen), or compare it with a marked run,
 which draws both runs' per-epoch training and validation loss on shared scales. The list
-is read with ``core.runs.list_runs``, which tolerates damaged and running runs.
+is read with ``core.runs.store.list_runs``, which tolerates damaged and running runs; it
+parses every run's metrics, so it runs in a thread worker and the rows show when it ends.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
+from textual.worker import Worker, WorkerState
 
 from core.config import RunConfig
-from core.runs.store import RunSummary, list_runs, read_metrics
+from core.runs.store import RunSummary, list_runs, read_config, read_metrics
 from tui.screens.dialogs import ActionsScreen
 from tui.widgets.line_chart import LineChart, Series
 from tui.widgets.nav import NavBar
@@ -39,6 +41,9 @@ def resumable(run: RunSummary | None) -> bool:
         run is not None and not run.has_bundle and run.status in ("stopped", "killed", "failed", "interrupted")
         and (Path(run.path) / "checkpoint-last.json").is_file()
     )
+
+
+COLUMNS = (" ", "name", "status", "val acc", "epochs", "mode", "backbone", "dataset", "best", "model")
 
 
 def _pct(value: float | None) -> str:
@@ -64,10 +69,12 @@ class RunsScreen(Screen[None]):
         self.runs: list[RunSummary] = []
         self.marked: str | None = None
         self.compared: tuple[str, str] | None = None
+        self.listed = False  # the last ``reload`` has filled the table
+        self._listing: Worker[list[RunSummary]] | None = None
 
     def compose(self) -> ComposeResult:
         yield NavBar("runs")
-        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield DataTable(id="runs-table", classes="panel", cursor_type="row", zebra_stripes=True)
         with Vertical(id="compare-box"):
             yield Label("Mark a run (m), move to another, then compare (x).", id="compare-title")
             with Horizontal(id="compare-charts"):
@@ -77,7 +84,7 @@ class RunsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#runs-table", DataTable)
-        table.add_columns(" ", "name", "status", "val acc", "epochs", "mode", "backbone", "dataset", "best", "model")
+        table.add_columns(*COLUMNS)
         table.border_title = "runs"
         self.reload()
 
@@ -85,16 +92,41 @@ class RunsScreen(Screen[None]):
         self.reload()
 
     def reload(self) -> None:
-        """Re-read the runs folder, keeping the cursor on the same run."""
+        """Re-read the runs folder (in a thread worker); the rows change when it is read."""
+        self.listed = False
+        self._listing = self.list_runs(self.app.runs_dir)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="list-runs")
+    def list_runs(self, runs_dir: str) -> list[RunSummary]:
+        """Every run's summary, off the UI thread."""
+        return list_runs(runs_dir)
+
+    @on(Worker.StateChanged)
+    def _listed(self, event: Worker.StateChanged) -> None:
+        if event.worker is not self._listing or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+            return
+        if event.state == WorkerState.ERROR:
+            self.notify(f"cannot list the runs: {event.worker.error}", severity="error")
+        self.show_runs(event.worker.result or [])
+        self.listed = True
+
+    def show_runs(self, runs: list[RunSummary]) -> None:
+        """Fill the table with ``runs``, keeping the cursor on the same run."""
         table = self.query_one("#runs-table", DataTable)
         current = self.current.path if self.current else None
-        self.runs = list_runs(self.app.runs_dir)
-        table.clear()
-        for r in self.runs:
-            table.add_row(
-                "*" if r.path == self.marked else " ", r.name, r.status, _pct(r.val_accuracy), f"{r.epochs_done}/{r.epochs}",
-                r.mode, r.backbone, r.dataset, _pct(r.best_val_accuracy), "yes" if r.has_bundle else "-", key=r.path,
-            )
+        self.runs = runs
+        rows = [
+            (self._mark(r), r.name, r.status, _pct(r.val_accuracy), f"{r.epochs_done}/{r.epochs}",
+             r.mode, r.backbone, r.dataset, _pct(r.best_val_accuracy), "yes" if r.has_bundle else "-")
+            for r in runs
+        ]
+        # Widths measured here: rows that arrive after the first paint would otherwise be drawn
+        # at their headers' widths (DataTable measures auto widths only when next idle).
+        table.clear(columns=True)
+        for i, label in enumerate(COLUMNS):
+            table.add_column(label, width=max([len(label), *(len(row[i]) for row in rows)]))
+        for r, row in zip(runs, rows):
+            table.add_row(*row, key=r.path)
         if not self.runs:
             table.border_subtitle = f"no runs under {self.app.runs_dir}/ yet: F1 sets one up"
         else:
@@ -103,6 +135,9 @@ class RunsScreen(Screen[None]):
             index = next((i for i, r in enumerate(self.runs) if r.path == current), 0)
             table.move_cursor(row=index)
         self.refresh_bindings()
+
+    def _mark(self, run: RunSummary) -> str:
+        return "*" if run.path == self.marked else " "
 
     @property
     def current(self) -> RunSummary | None:
@@ -163,12 +198,11 @@ class RunsScreen(Screen[None]):
             await self.app.open_classify(self.current.path)
 
     def _config(self, run: RunSummary) -> RunConfig | None:
-        """The run's config.json, or None (with a notification) when it cannot be read."""
-        try:
-            return RunConfig.from_json((Path(run.path) / "config.json").read_text())
-        except (OSError, ValueError, TypeError) as exc:
-            self.notify(f"{run.name}: config.json is unreadable ({exc})", severity="error")
-            return None
+        """The run's config.json, or None (with a notification) when it is missing or damaged."""
+        config = read_config(Path(run.path))
+        if config is None:
+            self.notify(f"{run.name}: config.json is missing or unreadable", severity="error")
+        return config
 
     async def action_new_from(self) -> None:
         run = self.current
@@ -187,7 +221,12 @@ class RunsScreen(Screen[None]):
         if run is None:
             return
         self.marked = None if self.marked == run.path else run.path
-        self.reload()
+        # Only the mark column changes: no need to read the runs folder again.
+        table = self.query_one("#runs-table", DataTable)
+        first = table.ordered_columns[0].key
+        for r in self.runs:
+            table.update_cell(r.path, first, self._mark(r))
+        self.refresh_bindings()
 
     def action_compare(self) -> None:
         run = self.current

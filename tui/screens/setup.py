@@ -88,7 +88,7 @@ class SetupScreen(Screen[None]):
             with Horizontal(id="name-row"):
                 yield Label("run name", classes="field-label")
                 yield Input(placeholder="automatic: time-backbone-mode", compact=True, id="run-name")
-        yield Static("", id="command-line")
+        yield Static("", id="command-line", classes="panel")
         with Horizontal(id="setup-actions"):
             yield Static("", id="setup-error")
             yield Button("Start ^r", variant="success", compact=True, id="start")

@@ -4,7 +4,8 @@ model picker over finished runs.
 ``ChoiceField`` shows a ``Select`` of a registry's choices with the chosen one's one-line
 description beside it; a choice whose name ends in ``:`` (``imagefolder:``, ``timm:``,
 ``hf:``) reveals a text box for the rest (a path, a model name). ``ModelPicker`` lists runs
-that have a model, with a text box for any other bundle path or ``hf:ID``. Both post one
+that have a model, with a text box for any other bundle path or ``hf:ID``; it reads the runs
+folder in a thread worker, since ``list_runs`` parses every run's metrics. Both post one
 ``Changed`` message whatever part the user edited.
 """
 
@@ -13,13 +14,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import HorizontalGroup
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
+from textual.worker import Worker, WorkerState
 
 from core.registry import Choice
+from core.runs.store import list_runs
+
+
+def finished_runs(runs_dir: str) -> list[tuple[str, str]]:
+    """(label, run directory) for runs with a model, newest first."""
+    out = []
+    for r in list_runs(runs_dir):
+        if r.has_bundle:
+            acc = f"  {100 * r.val_accuracy:.1f}%" if r.val_accuracy is not None else ""
+            out.append((f"{r.name}{acc}", r.path))
+    return out
 
 
 class ChoiceField(HorizontalGroup):
@@ -29,12 +42,6 @@ class ChoiceField(HorizontalGroup):
     ChoiceField {
         height: auto;
         margin-bottom: 0;
-    }
-    ChoiceField > .field-label {
-        width: 14;
-        padding-right: 1;
-        text-align: right;
-        color: $text-muted;
     }
     ChoiceField > Select {
         width: 25;
@@ -162,12 +169,6 @@ class ModelPicker(HorizontalGroup):
     ModelPicker {
         height: auto;
     }
-    ModelPicker > .field-label {
-        width: 14;
-        padding-right: 1;
-        text-align: right;
-        color: $text-muted;
-    }
     ModelPicker > Select {
         width: 2fr;
         max-width: 52;
@@ -192,6 +193,9 @@ class ModelPicker(HorizontalGroup):
         super().__init__(id=id)
         self.label = label
         self.refs: list[str] = []
+        self.listed = False  # the last ``reload`` has filled the menu
+        self._typed_choice: str | None = None  # ``choose`` typed it while the menu was being read
+        self._listing: Worker[list[tuple[str, str]]] | None = None
 
     def compose(self) -> ComposeResult:
         yield Label(self.label, classes="field-label")
@@ -229,12 +233,40 @@ class ModelPicker(HorizontalGroup):
                 self.select.value = options[0][1]
 
     def choose(self, ref: str) -> None:
-        """Pick the run at ``ref`` if it is listed, else type it into the text box."""
+        """Pick the run at ``ref`` if it is listed, else type it into the text box.
+
+        While a ``reload`` is under way the ref is typed, and moves to the menu if the new
+        list has it: ``value`` is the same either way.
+        """
         if ref in self.refs:
             self.select.value = ref
             self.other.value = ""
+            self._typed_choice = None
         else:
             self.other.value = ref
+            self._typed_choice = ref
+
+    def reload(self, runs_dir: str) -> None:
+        """Re-read the finished runs under ``runs_dir``; the menu changes when they are read."""
+        self.listed = False
+        self._listing = self.list_runs(runs_dir)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="list-runs")
+    def list_runs(self, runs_dir: str) -> list[tuple[str, str]]:
+        """The finished runs, off the UI thread."""
+        return finished_runs(runs_dir)
+
+    @on(Worker.StateChanged)
+    def _listed(self, event: Worker.StateChanged) -> None:
+        if event.worker is not self._listing or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+            return
+        if event.state == WorkerState.ERROR:
+            self.notify(f"cannot list the runs: {event.worker.error}", severity="error")
+        self.set_runs(event.worker.result or [])
+        typed = self._typed_choice
+        if typed is not None and typed in self.refs and self.other.value == typed:
+            self.choose(typed)
+        self.listed = True
 
     @on(Select.Changed)
     @on(Input.Changed)
