@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.data.datasets import DEMO_DIR
-from core.data.images import IMAGE_EXTENSIONS, classify_image_error, decode_threads
+from core.data.images import classify_image_error, decode_threads
+from core.data.layout import class_files, folder_layout
 from core.errors import DataError
 
 IMBALANCE_WARNING = 2.0
@@ -113,28 +114,20 @@ def inspect_file(path: str) -> _FileInfo:
     return _FileInfo(digest, mode, None)
 
 
-def resolve_folders(spec: str) -> tuple[Path, Path | None]:
-    """(train folder, test-or-val folder or None) for ``demo``, ``imagefolder:PATH`` or a PATH."""
+def resolve_folders(spec: str) -> list[tuple[str, Path]]:
+    """The (split name, folder) pairs of ``demo``, ``imagefolder:PATH`` or a PATH, training first.
+
+    The layout is ``core.data.layout``'s, as training and evaluation read it; a folder
+    holding only ``test/`` or ``val/`` is that one split.
+    """
     if spec == "demo":
-        return DEMO_DIR / "train", DEMO_DIR / "test"
-    root = Path(spec[len("imagefolder:"):] if spec.startswith("imagefolder:") else spec).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{spec}: no such folder; check-data takes demo, cifar10, cifar100, imagefolder:PATH or a folder")
-    train = root / "train" if (root / "train").is_dir() else root
-    test = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
-    return train, test
-
-
-def _scan(folder: Path) -> tuple[list[tuple[str, str]], list[str]]:
-    """[(path, class)] and the class names of ``folder/<class>/...`` (no error for odd classes)."""
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = [
-        (str(p), cls)
-        for cls in classes
-        for p in sorted((folder / cls).rglob("*"))
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    ]
-    return files, classes
+        root = DEMO_DIR
+    else:
+        root = Path(spec[len("imagefolder:"):] if spec.startswith("imagefolder:") else spec).expanduser()
+        if not root.is_dir():
+            raise DataError(f"{spec}: no such folder; check-data takes demo, cifar10, cifar100, imagefolder:PATH or a folder")
+    layout = folder_layout(root)
+    return [(name, folder) for name, folder in (("train", layout.train), (layout.test.name if layout.test else "", layout.test)) if folder is not None]
 
 
 def check_dataset(
@@ -148,12 +141,11 @@ def check_dataset(
     """Check ``spec`` (see the module docstring); ``progress(done, total)`` is called as files finish."""
     if spec in ("cifar10", "cifar100"):
         return _check_arrays(spec, data_dir)
-    train_dir, test_dir = resolve_folders(spec)
-    parts = [("train", train_dir)] + ([(test_dir.name, test_dir)] if test_dir is not None else [])
-    scanned = [(name, folder, *_scan(folder)) for name, folder in parts]
+    scanned = [(name, folder, *class_files(folder)) for name, folder in resolve_folders(spec)]
     total = sum(len(files) for _, _, files, _ in scanned)
+    first = scanned[0][1]
     if not scanned[0][2]:
-        raise DataError(f"{train_dir}: no images found; expected {train_dir}/<class>/<image>.jpg")
+        raise DataError(f"{first}: no images found; expected {first}/<class>/<image>.jpg")
     infos: dict[str, _FileInfo] = {}
     done = 0
     paths = [path for _, _, files, _ in scanned for path, _ in files]

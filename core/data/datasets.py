@@ -5,8 +5,13 @@ validation and test datasets (items are ``(PIL image, label)``), the class names
 dataset's mean/std and its native image size. Datasets with a test split validate on it, as
 the notebook does; a folder with only training images holds out a stratified, seeded
 ``val_split`` fraction, so the same config always yields the same split. A dataset that
-cannot be downloaded, an empty folder or a single class is a ``DataError`` with a one-line
-message that says what to put where.
+cannot be downloaded, an empty folder, a single class or a folder with test images only is
+a ``DataError`` with a one-line message that says what to put where.
+
+``load_eval_set(spec)`` is what evaluation scores on another dataset: its test split, or
+every image of a folder without one (a folder holding only ``test/`` or ``val/`` included).
+``unwrap`` and ``sample_paths`` see through ``Subset`` wrappers to the files behind items.
+Folder layouts are read by ``core.data.layout`` alone.
 """
 
 from __future__ import annotations
@@ -14,13 +19,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from PIL import Image
 from torch.utils.data import Dataset
 
 from core.data.images import open_rgb, screen_images
-from core.data.layout import scan_class_folders
+from core.data.layout import folder_layout, scan_class_folders
 from core.errors import DataError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -34,6 +39,12 @@ CIFAR_URLS = {
 }
 
 
+class Images(Protocol):
+    """A dataset of (image, label) items with a length (torch's ``Dataset`` declares no ``__len__``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
 
 
 @dataclass
@@ -41,9 +52,9 @@ class Splits:
     """A dataset ready to train on."""
 
     name: str
-    train: Dataset
-    val: Dataset
-    test: Dataset
+    train: Images
+    val: Images
+    test: Images
     class_names: list[str]
     mean_: tuple[float, float, float] | None  # None: measured from the training images when first asked
     std_: tuple[float, float, float] | None
@@ -86,32 +97,10 @@ class ImageFiles(Dataset):
         return open_rgb(path), label
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 class Subset(Dataset):
     """Items of ``base`` at ``indices``, keeping ``targets`` for stratification and counts."""
 
-    def __init__(self, base: Any, indices: Sequence[int]) -> None:
+    def __init__(self, base: Images, indices: Sequence[int]) -> None:
         self.base = base
         self.indices = list(indices)
         base_targets = list(getattr(base, "targets"))
@@ -124,6 +113,41 @@ class Subset(Dataset):
         return self.base[self.indices[index]]
 
 
+def unwrap(dataset: Images, indices: Sequence[int] | None = None) -> tuple[Images, list[int] | None]:
+    """The dataset under any ``Subset``-style wrappers (``base`` and ``indices``), and where items are in it.
+
+    Returns (innermost dataset, the positions in it of ``dataset``'s items ``indices``, or of
+    all its items when ``indices`` is None). The positions stay None when nothing was wrapped
+    and none were asked for: every item is where it was, and no list of them is built.
+    """
+    where = None if indices is None else list(indices)
+    while hasattr(dataset, "indices") and hasattr(dataset, "base"):
+        outer = list(dataset.indices)
+        where = outer if where is None else [outer[i] for i in where]
+        dataset = dataset.base
+    return dataset, where
+
+
+def sample_paths(dataset: Images, indices: Sequence[int] | None = None) -> list[str] | None:
+    """The files behind items ``indices`` (default: all) of an ``ImageFiles`` or a ``Subset`` of one.
+
+    None for datasets that are not backed by files (CIFAR's arrays) and for an index out of range.
+    """
+    base, where = unwrap(dataset, indices)
+    samples = getattr(base, "samples", None)
+    if not samples:
+        return None
+    if where is None:
+        return [str(path) for path, _ in samples]
+    if not all(0 <= i < len(samples) for i in where):
+        return None
+    return [str(samples[i][0]) for i in where]
+
+
+def sample_path(dataset: Images, index: int) -> str | None:
+    """The file behind ``dataset[index]``, or None (see ``sample_paths``)."""
+    paths = sample_paths(dataset, [index])
+    return paths[0] if paths else None
 
 
 def stratified_split(targets: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -144,40 +168,88 @@ def stratified_split(targets: Sequence[int], fraction: float, seed: int) -> tupl
 
 
 def load_splits(
-    spec: str, data_dir: str = "data", val_split: float = 0.1, seed: int = 0, scoring: bool = False
+    spec: str, data_dir: str = "data", val_split: float = 0.1, seed: int = 0, scoring: bool = False,
+    download: bool = True,
 ) -> Splits:
     """The dataset named by ``spec``: cifar10, cifar100, demo or imagefolder:PATH.
 
     ``scoring``: only the test or validation images will be read (evaluation). When a test
     folder exists, the training folder is then not screened and the test folder gets the
     cheap check; a held-out split is screened as in training, so it comes out the same.
+    ``download``: fetch CIFAR when it is not in ``data_dir`` (else that is a ``DataError``).
     """
     if spec in CIFAR_URLS:
-        return _cifar(spec, data_dir)
+        return _cifar(spec, data_dir, download)
     if spec == "demo":
-        return _folders("demo", DEMO_DIR / "train", DEMO_DIR / "test", val_split, seed, CIFAR10_MEAN, CIFAR10_STD, 32)
-    if spec.startswith("imagefolder:"):
-        root = Path(spec[len("imagefolder:"):]).expanduser()
-        if not root.is_dir():
-            raise DataError(f"--dataset {spec}: folder {root} does not exist")
-        train_dir = root / "train" if (root / "train").is_dir() else root
-        test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
-        return _folders(spec, train_dir, test_dir, val_split, seed, None, None, None, scoring)
-    raise DataError(f"unknown --dataset {spec!r}; choose one of: cifar10, cifar100, demo, imagefolder:PATH")
+        demo = folder_layout(DEMO_DIR)
+        assert demo.train is not None
+        return _folders("demo", demo.train, demo.test, val_split, seed, CIFAR10_MEAN, CIFAR10_STD, 32)
+    layout = folder_layout(_imagefolder_root(spec))
+    if layout.train is None:
+        assert layout.test is not None
+        raise DataError(
+            f"{layout.root} has no training images, only a {layout.test.name}/ folder; put the training class folders "
+            f"in {layout.root / 'train'}/ (evaluating on it works: tlwork eval RUN --dataset {spec})"
+        )
+    return _folders(spec, layout.train, layout.test, val_split, seed, None, None, None, scoring)
 
 
-def _cifar(name: str, data_dir: str) -> Splits:
+def _imagefolder_root(spec: str) -> Path:
+    """The folder of ``imagefolder:PATH``; any other spec is unknown."""
+    if not spec.startswith("imagefolder:"):
+        raise DataError(f"unknown --dataset {spec!r}; choose one of: cifar10, cifar100, demo, imagefolder:PATH")
+    root = Path(spec[len("imagefolder:"):]).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--dataset {spec}: folder {root} does not exist")
+    return root
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The images evaluation scores, the name of the split they are, and their class names."""
+
+    data: Images
+    split: str  # test, val (a folder holding only val/) or all (a folder without a test split)
+    class_names: list[str]
+    native_size: int | None
+
+
+def load_eval_set(spec: str, data_dir: str = "data", val_split: float = 0.1, seed: int = 0) -> EvalSet:
+    """What ``tlwork eval --dataset spec`` scores: the test split, or every image of a folder without one.
+
+    A folder holding only ``test/`` or ``val/`` (most published test sets) is scored whole
+    under that folder's name; class folders directly in the folder are scored whole as
+    ``all`` (a held-out slice would hide most of them). Either may hold a single class.
+    """
+    if spec in CIFAR_URLS or spec == "demo":
+        splits = load_splits(spec, data_dir, val_split, seed, scoring=True)
+        return EvalSet(splits.test, "test", splits.class_names, splits.native_size)
+    layout = folder_layout(_imagefolder_root(spec))
+    if layout.train is not None and layout.test is not None:
+        splits = load_splits(spec, data_dir, val_split, seed, scoring=True)
+        return EvalSet(splits.test, "test", splits.class_names, splits.native_size)
+    folder = layout.test or layout.root
+    samples, names = scan_class_folders(folder)
+    if not samples:
+        raise DataError(f"{folder}: no images found; expected {folder}/<class>/<image>.jpg")
+    # As before this existed: a test folder gets the cheap check, a whole folder the training one.
+    samples, _ = screen_images(samples, full=layout.test is None)
+    return EvalSet(ImageFiles(samples, names), folder.name if layout.test else "all", names, None)
+
+
+def _cifar(name: str, data_dir: str, download: bool = True) -> Splits:
     import torchvision
 
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     url, folder = CIFAR_URLS[name]
     root = Path(data_dir).expanduser()
     try:
-        train = cls(str(root), train=True, download=True)
-        test = cls(str(root), train=False, download=True)
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
     except Exception as exc:
+        missing = "" if download else ", not downloaded here"
         raise DataError(
-            f"could not load {name.upper()} from {root} ({type(exc).__name__}); "
+            f"could not load {name.upper()} from {root} ({type(exc).__name__}{missing}); "
             f"download {url} into {root}/ (or extract it to {root / folder}), or pick --dataset demo"
         ) from None
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
@@ -204,13 +276,17 @@ def _folders(
     if len(present) < 2:
         raise DataError(f"{train_dir}: only one class with images ({names[present[0]]!r}); a classifier needs two or more")
     full = ImageFiles(samples, names)
+    train: Images
+    val: Images
+    test: Images
     if test_dir is not None:
         test_samples, _ = scan_class_folders(test_dir, names)
         if spec != "demo":
             test_samples, more = screen_images(test_samples, full=not scoring)
             unreadable += more
-        test = ImageFiles(test_samples, names)
-        train, val, source = full, test, "test"
+        train = full
+        val = test = ImageFiles(test_samples, names)
+        source = "test"
     else:
         if val_split <= 0:
             raise DataError(f"{train_dir} has no test/ or val/ folder; give --val-split > 0 to hold out validation images")
@@ -221,7 +297,7 @@ def _folders(
     return Splits(spec, train, val, test, names, mean, std, native_size, source, unreadable)
 
 
-def channel_stats(dataset: Any, limit: int = 500) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+def channel_stats(dataset: Images, limit: int = 500) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Per-channel mean and std of up to ``limit`` evenly spaced images, in [0, 1] units."""
     import numpy as np
 
@@ -244,9 +320,11 @@ def channel_stats(dataset: Any, limit: int = 500) -> tuple[tuple[float, float, f
         raise DataError("no training image could be read; run `tlwork check-data` on the dataset to list the broken files")
     mean = sums / count
     std = np.sqrt(np.maximum(sq / count - mean**2, 1e-12))
-    return tuple(round(float(x), 4) for x in mean), tuple(round(float(x), 4) for x in std)  # type: ignore[return-value]
+    r, g, b = (round(float(x), 4) for x in mean)
+    sr, sg, sb = (round(float(x), 4) for x in std)
+    return (r, g, b), (sr, sg, sb)
 
 
-def targets_of(dataset: Any) -> list[int]:
+def targets_of(dataset: Images) -> list[int]:
     """Integer labels of a dataset, without decoding images."""
     return list(getattr(dataset, "targets"))

@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2.functional import normalize, resize, to_dtype
 
+from core.data.datasets import Images, sample_path, sample_paths, unwrap
+from core.data.images import decode_threads, image_error, thread_map
 from core.data.transforms import Preprocessing, _interp
+from core.errors import DataError
 
 DEVICE_AUGMENTS = ("none", "crop-flip")
 
@@ -36,27 +39,26 @@ def memory_budget(device: torch.device) -> int:
     return 4 * 2**30
 
 
-def decoded_size(dataset: Any, image_size: int, native_size: int | None) -> int:
+def decoded_size(dataset: Images, image_size: int, native_size: int | None) -> int:
     """Bytes the uint8 cache of ``dataset`` would take."""
     side = native_size or image_size
     return len(dataset) * 3 * side * side
 
 
-def _raw_arrays(dataset: Any) -> tuple[np.ndarray, list[int]] | None:
+def _raw_arrays(dataset: Images) -> tuple[np.ndarray, list[int]] | None:
     """torchvision CIFAR keeps its images as one (N, 32, 32, 3) array: no decoding needed."""
-    data = getattr(dataset, "data", None)
-    if isinstance(data, np.ndarray) and data.ndim == 4 and data.shape[-1] == 3:
-        return data, list(dataset.targets)
-    base = getattr(dataset, "base", None)
-    if base is not None and hasattr(dataset, "indices"):
-        inner = _raw_arrays(base)
-        if inner is not None:
-            return inner[0][dataset.indices], [inner[1][i] for i in dataset.indices]
-    return None
+    base, where = unwrap(dataset)
+    data = getattr(base, "data", None)
+    if not (isinstance(data, np.ndarray) and data.ndim == 4 and data.shape[-1] == 3):
+        return None
+    targets = list(getattr(base, "targets"))
+    if where is None:  # the array itself: no copy of CIFAR's 150 MB
+        return data, targets
+    return data[where], [targets[i] for i in where]
 
 
 def decode_all(
-    dataset: Any, image_size: int, interpolation: str = "bilinear"
+    dataset: Images, image_size: int, interpolation: str = "bilinear"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images N×3×H×W, int64 labels) for a dataset of (PIL image, label) items.
 
@@ -67,11 +69,9 @@ def decode_all(
     """
     raw = _raw_arrays(dataset)
     if raw is not None:
-        array, labels = raw
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
+        array, targets = raw
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous(), torch.tensor(targets)
     from torchvision.transforms import v2
-
-    from core.data.images import decode_threads, thread_map
 
     square = [image_size, image_size]
     mode = _interp(interpolation)
@@ -81,15 +81,14 @@ def decode_all(
         try:
             img, label = dataset[i]
         except Exception as exc:  # a file that passed the cheap check but does not decode
-            from core.errors import DataError
-
-            raise DataError(f"{_path_of(dataset, i)}: cannot be decoded ({exc}); see `tlwork check-data`") from None
+            path = sample_path(dataset, i) or f"image {i}"
+            raise DataError(f"{image_error(path, exc)}; see `tlwork check-data`") from None
         array = np.asarray(img)  # the pixels v2.ToImage would give, without a tensor per image
         if max(array.shape[:2]) > image_size and array.shape[:2] != (image_size, image_size):
             return v2.functional.resize(_chw(array), square, interpolation=mode, antialias=True), int(label)
         return array, int(label)
 
-    paths = _paths(dataset)
+    paths = sample_paths(dataset)
     threads = decode_threads(paths) if paths is not None else min(16, os.cpu_count() or 1)
     pairs = thread_map(load, range(len(dataset)), threads)
     labels = torch.tensor([label for _, label in pairs])
@@ -105,27 +104,6 @@ def _chw(array: np.ndarray) -> torch.Tensor:
     """An HWC uint8 array (or HW, for a grey image) as a CHW tensor."""
     t = torch.from_numpy(np.ascontiguousarray(array))
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-
-
-def _paths(dataset: Any) -> list[str] | None:
-    """The files behind an ImageFiles dataset or a Subset of one, in order; None for others."""
-    indices = None
-    while hasattr(dataset, "indices") and hasattr(dataset, "base"):
-        indices = [dataset.indices[i] for i in indices] if indices is not None else list(dataset.indices)
-        dataset = dataset.base
-    samples = getattr(dataset, "samples", None)
-    if not samples:
-        return None
-    paths = [str(p) for p, _ in samples]
-    return [paths[i] for i in indices] if indices is not None else paths
-
-
-def _path_of(dataset: Any, index: int) -> str:
-    """The file behind item ``index`` of an ImageFiles dataset or a Subset of one."""
-    while hasattr(dataset, "indices") and hasattr(dataset, "base"):
-        dataset, index = dataset.base, dataset.indices[index]
-    samples = getattr(dataset, "samples", None)
-    return str(samples[index][0]) if samples else f"image {index}"
 
 
 class DeviceImages:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
@@ -15,6 +15,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # once for the process (a filter changed per call would race between decoding threads), and
 # checked again by ``refuse_bomb`` in case something resets the filters.
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 def open_rgb(path: str | Path) -> Image.Image:
@@ -45,22 +48,48 @@ IMAGE_FAULTS = ("zero-byte", "truncated", "too-large", "unreadable")
 """How an image file can fail to load, as ``classify_image_error`` names it."""
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def classify_image_error(path: str | Path, exc: BaseException) -> tuple[str, str]:
-    """(kind, one-line reason) for an error raised while loading ``path``; kind is in ``IMAGE_FAULTS``."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """(kind, one-line reason) for an error raised while loading ``path``; kind is in ``IMAGE_FAULTS``.
+
+    The one wording of an image failure: ``check-data``, the training loader's skip log and
+    ``classify`` all report through it. ``path`` may name no file (a CIFAR sample), so
+    nothing is said about the file unless the error or the file itself shows it.
+    """
+    text = one_line(exc)
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return "too-large", f"refused as a possible decompression bomb ({text})"
-    try:
-        empty = os.path.getsize(path) == 0
-    except OSError:
-        return "unreadable", f"cannot be opened ({text})"
-    if empty:
+    if isinstance(exc, FileNotFoundError):
+        return "unreadable", "no such file"
+    if isinstance(exc, IsADirectoryError) or Path(path).is_dir():
+        return "unreadable", "a folder, not an image file"
+    if _size(path) == 0:
         return "zero-byte", "empty file (0 bytes)"
     if isinstance(exc, UnidentifiedImageError):
         return "unreadable", "not an image Pillow can read"
     if "truncated" in text.lower() or isinstance(exc, EOFError):
         return "truncated", f"truncated ({text})"
+    if isinstance(exc, PermissionError):
+        return "unreadable", "cannot be read (permission denied)"
+    if isinstance(exc, OSError) and exc.errno is not None:  # the file system's error, not the decoder's
+        return "unreadable", f"cannot be read ({exc.strerror or text})"
     return "unreadable", f"corrupt ({type(exc).__name__}: {text})"
+
+
+def image_error(path: str | Path, exc: BaseException) -> str:
+    """``PATH: reason``, the one-line message for an error raised while loading ``path``."""
+    return f"{path}: {classify_image_error(path, exc)[1]}"
+
+
+def _size(path: str | Path) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
 
 
 def quick_check(path: str, full: bool = False) -> tuple[str, str] | None:
@@ -117,7 +146,7 @@ def decode_threads(paths: Sequence[str], cap: int = 16) -> int:
     return 1
 
 
-def thread_map(fn: Any, items: Sequence[Any], threads: int) -> list[Any]:
+def thread_map(fn: Callable[[_T], _R], items: Iterable[_T], threads: int) -> list[_R]:
     """``[fn(x) for x in items]``, in ``threads`` threads when that is more than one."""
     if threads <= 1:
         return [fn(x) for x in items]

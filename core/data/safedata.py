@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
+from core.data.datasets import Images, sample_path
 from core.data.images import classify_image_error
 from core.errors import DataError
 
@@ -42,16 +43,6 @@ class Unreadable:
     reason: str
 
 
-def sample_path(dataset: Any, index: int) -> str | None:
-    """The file behind ``dataset[index]``, looking through ``Subset``-style wrappers."""
-    while hasattr(dataset, "indices") and hasattr(dataset, "base"):
-        index, dataset = dataset.indices[index], dataset.base
-    samples = getattr(dataset, "samples", None)
-    if samples is not None and 0 <= index < len(samples):
-        return str(samples[index][0])
-    return None
-
-
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed for one sample's augmentation in one epoch."""
     digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
@@ -61,7 +52,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class SafeImages(Dataset):
     """``transform(image), label`` per item; unreadable images come back as ``Unreadable``."""
 
-    def __init__(self, base: Any, transform: Callable[[Any], torch.Tensor], seed: int = 0, seeded: bool = True) -> None:
+    def __init__(self, base: Images, transform: Callable[[Any], torch.Tensor], seed: int = 0, seeded: bool = True) -> None:
         self.base = base
         self.transform = transform
         self.seed = seed
