@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from core.data.datasets import DEMO_DIR
 from core.errors import ConfigError
-from core.events import ClassificationEnded, ClassificationStarted, EvaluationEnded, ImageClassified, ImageFailed
+from core.events import ClassificationEnded, ClassificationStarted, ClassificationStopped, EvaluationEnded, ImageClassified, ImageFailed
 from core.inference.classify import classify
 from tui.classify_cmd import EXIT_PARTIAL
 from tui.cli import app
@@ -153,7 +153,8 @@ def test_a_stop_request_ends_the_run_cleanly(tiny_vit: Path) -> None:
     stop = threading.Event()
     stop.set()
     events = list(classify(str(tiny_vit), _demo_images(3), device="cpu", stop=stop))
-    assert isinstance(events[-1], ClassificationEnded) and events[-1].classified == 0
+    assert isinstance(events[-1], ClassificationStopped) and (events[-1].classified, events[-1].failed) == (0, 0)
+    assert not any(isinstance(e, ClassificationEnded) for e in events)
 
 
 @pytest.fixture

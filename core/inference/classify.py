@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from core.data.images import image_error, one_line
 from core.errors import ConfigError
-from core.events import ClassificationEnded, ClassificationStarted, Event, ImageClassified, ImageFailed
+from core.events import ClassificationEnded, ClassificationStarted, ClassificationStopped, Event, ImageClassified, ImageFailed
 
 DEFAULT_MODEL = "hf:nateraw/vit-base-patch16-224-cifar10"
 """The notebook's fine-tuned CIFAR-10 ViT."""
@@ -57,36 +58,6 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     if not files:
         raise ConfigError(f"no image files in {', '.join(empty)}; extensions looked for: {', '.join(IMAGE_EXTENSIONS)}")
     return files
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-def image_error(path: str, exc: BaseException) -> str:
-    """A one-line reason, naming the file, for an error raised while reading ``path``."""
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path)
-    if isinstance(exc, FileNotFoundError) or not p.exists():
-        return f"{path}: no such file"
-    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return f"{path}: refused as a possible decompression bomb ({_one_line(exc)})"
-    if p.is_dir():
-        return f"{path}: a folder, not an image file"
-    try:
-        if p.stat().st_size == 0:
-            return f"{path}: empty file (0 bytes), not an image"
-    except OSError:
-        pass
-    if isinstance(exc, UnidentifiedImageError):
-        return f"{path}: not an image Pillow can read"
-    if "truncated" in str(exc).lower() or isinstance(exc, EOFError):
-        return f"{path}: truncated or damaged image ({_one_line(exc)})"
-    if isinstance(exc, PermissionError):
-        return f"{path}: cannot be read (permission denied)"
-    return f"{path}: cannot be decoded ({type(exc).__name__}: {_one_line(exc)})"
 
 
 def read_image(path: str, exif_orientation: bool = False) -> Any:
@@ -127,7 +98,7 @@ class _Files:
         try:
             return index, self.transform(image), None
         except Exception as exc:
-            return index, None, f"{path}: cannot be preprocessed ({type(exc).__name__}: {_one_line(exc)})"
+            return index, None, f"{path}: cannot be preprocessed ({type(exc).__name__}: {one_line(exc)})"
 
 
 def _as_list(batch: list[Any]) -> list[Any]:
@@ -236,7 +207,8 @@ def classify(
     yield ClassificationStarted(clf.name, len(files), k)
     for batch in loader:
         if stop is not None and stop.is_set():
-            break
+            yield ClassificationStopped(clf.name, classified, failed, time.perf_counter() - start)
+            return
         good = [(i, t) for i, t, err in batch if err is None]
         ranked: dict[int, tuple[tuple[str, float], ...]] = {}
         if good:

@@ -9,19 +9,21 @@ matching class labels by name.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from core.config import RunConfig
+from core.data.datasets import Images, load_eval_set, load_splits
 from core.data.loaders import eval_batches, to_device
+from core.device import autocast, configure, pick_device
 from core.errors import ConfigError
-from core.events import EvalBatchEnded, EvaluationEnded, EvaluationStarted, Event
+from core.events import EvalBatchEnded, EvaluationEnded, EvaluationStarted, EvaluationStopped, Event
+from core.inference.classifier import load_classifier
+from core.runs.store import read_config
 
 EMIT_INTERVAL = 0.1
 
@@ -83,51 +85,58 @@ def evaluate(
     workers: int | None = None,
     stop: threading.Event | None = None,
 ) -> Iterator[Event]:
-    """Score the model ``ref`` on ``dataset`` (default: its run's validation split)."""
-    from core.data.datasets import load_splits
-    from core.device import autocast, configure, pick_device
-    from core.inference.classifier import load_classifier
+    """Score the model ``ref`` on ``dataset`` (default: its run's validation split).
 
+    On a stop it yields ``EvaluationStopped`` and returns; it never yields inside
+    ``torch.inference_mode()`` or ``autocast`` (``core.events`` states the contract).
+    """
     dev = pick_device(device)
     configure(dev)
     clf = load_classifier(ref, dev, runs_dir=runs_dir)
-    run_config = _run_config(clf.path)
-    if dataset is None:
-        if run_config is None:
-            raise ConfigError(f"{ref}: no run config beside this model; pass --dataset")
-        splits = load_splits(run_config.dataset, run_config.data_dir, run_config.val_split, run_config.seed, scoring=True)
-        data, split, dataset = splits.val, "validation", run_config.dataset
-    else:
-        splits = load_splits(dataset, data_dir, run_config.val_split if run_config else 0.1, run_config.seed if run_config else 0, scoring=True)
-        if splits.val_source == "test":
-            data, split = splits.test, "test"
-        else:  # no test/ or val/ folder: score every image of it (a held-out slice would hide most)
-            data, split = getattr(splits.test, "base", splits.test), "all"
-    label_map = class_mapping(splits.class_names, clf.class_names, dataset)
-    bs = batch_size or (run_config.batch_size if run_config else 64)
-    loader = eval_batches(data, clf.preprocessing, bs, dev, workers, clf.transform, splits.native_size)
+    run_config = read_config(clf.path)
+    data, split, dataset, class_names, native_size = _scored(ref, dataset, data_dir, run_config)
+    label_map = class_mapping(class_names, clf.class_names, dataset)
+    bs = batch_size or (run_config.batch_size if run_config and isinstance(run_config.batch_size, int) else 64)
+    loader = eval_batches(data, clf.preprocessing, bs, dev, workers, clf.transform, native_size)
     batches = -(-len(data) // bs)
     yield EvaluationStarted(clf.name, dataset, split, len(data), batches)
     names = [clf.class_names[i] for i in label_map]
     tally = Tally(len(names), dev)
     mapping = torch.tensor(label_map, device=dev)
     start = last = time.perf_counter()
-    with torch.inference_mode(), autocast(dev, clf.amp):
-        for i, (images, labels) in enumerate(loader, 1):
-            if stop is not None and stop.is_set():
-                return
+    for i, (images, labels) in enumerate(loader, 1):
+        if stop is not None and stop.is_set():
+            yield EvaluationStopped(clf.name, i - 1, batches)
+            return
+        with torch.inference_mode(), autocast(dev, clf.amp):
             logits = clf.logits(to_device(images, dev, True))
             # Columns in the dataset's class order, so the confusion matrix reads by dataset label.
             tally.update(logits.float()[:, mapping], labels.to(dev, non_blocking=True))
-            now = time.perf_counter()
-            if now - last >= EMIT_INTERVAL or i == batches:
-                last = now
-                yield EvalBatchEnded(i, batches, tally.count / max(1e-9, now - start))
+        now = time.perf_counter()
+        if now - last >= EMIT_INTERVAL or i == batches:
+            last = now
+            yield EvalBatchEnded(i, batches, tally.count / max(1e-9, now - start))
     s = tally.summary()
     yield EvaluationEnded(
         clf.name, dataset, split, s["images"], s["loss"], s["top1"], s["top5"], tuple(names),
         tuple(s["per_class"]), tuple(tuple(r) for r in s["confusion"]),
     )
+
+
+def _scored(ref: str, dataset: str | None, data_dir: str, run_config: RunConfig | None) -> tuple[Images, str, str, list[str], int | None]:
+    """(images, split name, dataset name, class names, native size) that the evaluation scores.
+
+    No dataset: the run's own validation split, exactly as training held it out. A dataset:
+    its test split, or every image of a folder without one (``load_eval_set``).
+    """
+    if dataset is None:
+        if run_config is None:
+            raise ConfigError(f"{ref}: no run config beside this model; pass --dataset")
+        splits = load_splits(run_config.dataset, run_config.data_dir, run_config.val_split, run_config.seed, scoring=True)
+        return splits.val, "validation", run_config.dataset, splits.class_names, splits.native_size
+    val_split, seed = (run_config.val_split, run_config.seed) if run_config else (0.1, 0)
+    found = load_eval_set(dataset, data_dir, val_split, seed)
+    return found.data, found.split, dataset, found.class_names, found.native_size
 
 
 def class_mapping(dataset_classes: list[str], model_classes: list[str], dataset: str) -> list[int]:
@@ -146,12 +155,3 @@ def class_mapping(dataset_classes: list[str], model_classes: list[str], dataset:
 
 def _norm(name: str) -> str:
     return name.strip().lower().replace("_", " ").replace("-", " ")
-
-
-def _run_config(path: Path | None) -> RunConfig | None:
-    if path is None or not (path / "config.json").is_file():
-        return None
-    try:
-        return RunConfig.from_dict(json.loads((path / "config.json").read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
