@@ -20,8 +20,13 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from core.device import is_out_of_memory
+from core.config import RunConfig
+from core.device import autocast, is_out_of_memory
 from core.errors import OutOfMemory
+from core.models.freeze import freeze, train_mode, trainable_parameters
+from core.models.info import ModelInfo
+from core.training.plan import Stage
+from core.training.schedule import make_optimizer
 
 START = 2
 MAX_TRIALS = 25
@@ -136,26 +141,22 @@ def not_even_one(device: torch.device) -> OutOfMemory:
 
 
 def auto_batch_size(
-    model: nn.Module, info: object, config: object, stages: list, device: torch.device, num_classes: int, train_size: int
+    model: nn.Module, info: ModelInfo, config: RunConfig, stages: list[Stage], device: torch.device, num_classes: int, train_size: int
 ) -> tuple[int, str]:
     """(batch size, log line) for ``--batch-size auto``, measured on the run's hungriest stage."""
-    from core.device import autocast
-    from core.models.freeze import freeze, train_mode, trainable_parameters
-    from core.training.schedule import make_optimizer
-
     # Fine-tuning keeps the most activations and optimiser state: measure the stage that trains most.
     order = {"linear-probe": 0, "partial": 1, "finetune": 2}
     stage = max(stages, key=lambda s: order.get(s.mode, 2))
     limit = train_size if device.type == "cuda" else min(train_size, NON_CUDA_LIMIT)
     with preserved(model, device):
-        freeze(model, info, stage.mode, config.unfreeze_stages)  # type: ignore[attr-defined]
+        freeze(model, info, stage.mode, config.unfreeze_stages)
         train_mode(model)
         params = trainable_parameters(model)
         trial = memory_trial(
             model, params,
-            lambda p: make_optimizer(p, config.optimizer, stage.lr, config.momentum, config.weight_decay),  # type: ignore[attr-defined]
-            device, config.image_size, num_classes,  # type: ignore[attr-defined]
-            lambda: autocast(device, config.amp), config.channels_last,  # type: ignore[attr-defined]
+            lambda p: make_optimizer(p, config.optimizer, stage.lr, config.momentum, config.weight_decay),
+            device, config.image_size, num_classes,
+            lambda: autocast(device, config.amp), config.channels_last,
         )
         found, tried = search(lambda size: fits(trial, size, device), limit)
     if found < 1:

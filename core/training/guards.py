@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 
 def kept(last_checkpoint: str | None) -> str:
     """The clause saying which checkpoint a failed run leaves behind."""
@@ -18,11 +21,9 @@ def first_nonfinite(losses: list[float], batches: list[int]) -> tuple[int, str] 
     return None
 
 
-def finite_weights(model: object) -> bool:
+def finite_weights(model: nn.Module) -> bool:
     """True when every floating-point parameter and buffer is finite (one device sync)."""
-    import torch
-
-    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]  # type: ignore[attr-defined]
+    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
     if not tensors:
         return True
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all().item())
