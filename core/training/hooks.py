@@ -38,7 +38,7 @@ from core.data.safedata import drain
 from core.errors import NonFiniteLoss
 from core.runs.checkpoint import Position
 from core.training.guards import finite_weights, first_nonfinite, kept, nonfinite_advice, nonfinite_message
-from core.training.state import EpochState, RunState
+from core.training.state import EpochState, RunState, StageRun
 
 if TYPE_CHECKING:
     from core.training.session import RunSession
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
 class Hook:
     """A piece of run behaviour around the loop; every method may yield events."""
 
-    def on_stage_start(self, run: Run, epoch: EpochState) -> Iterator[ev.Event]:
-        """The stage's optimiser and schedule exist; ``epoch`` is a template for its epochs."""
+    def on_stage_start(self, run: Run, stage: StageRun) -> Iterator[ev.Event]:
+        """The stage's optimiser, schedule and pipeline exist; no batch has trained yet."""
         return iter(())
 
     def after_batch(self, run: Run, epoch: EpochState) -> Iterator[ev.Event]:
@@ -96,7 +96,7 @@ class Checkpointer:
         sums = (float(totals[0].item()), int(totals[1].item()), int(totals[2])) if totals else (0.0, 0, 0)
         position = Position(epoch.stage_index, epoch.epoch, epoch.batch, state.step, state.best, done, state.nonfinite, *sums)
         path = run.session.save_checkpoint(setup.model, epoch.optimizer, epoch.scheduler, position, self._header())
-        state.last_checkpoint = run.session.last_checkpoint = f"{path} (epoch {epoch.epoch}, step {state.step})"
+        state.last_checkpoint = f"{path} (epoch {epoch.epoch}, step {state.step})"
         return ev.CheckpointSaved(str(path), epoch.epoch, state.step, kind)
 
     def _check_finite(self, epoch: EpochState) -> None:
@@ -149,15 +149,11 @@ class BatchReporter(Hook):
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.last = time.perf_counter()
-
-    def on_stage_start(self, run: Run, epoch: EpochState) -> Iterator[ev.Event]:
-        self.last = time.perf_counter()
-        return iter(())
+        self.last = 0.0  # when the last report went out (each epoch's window starts afresh)
 
     def after_batch(self, run: Run, epoch: EpochState) -> Iterator[ev.Event]:
         now = time.perf_counter()
-        if not epoch.pending or (now - self.last < self.interval and not epoch.last_batch):
+        if not epoch.pending or (now - max(self.last, epoch.started) < self.interval and not epoch.last_batch):
             return
         setup, state = run.setup, run.state
         window = max(1e-9, now - epoch.window_start)

@@ -13,7 +13,6 @@ boundary. Nothing here asks how many processes there are: ``setup.strategy`` ans
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -30,21 +29,8 @@ from core.training.hooks import Run
 from core.training.pipeline import Pipeline, make_pipeline
 from core.training.plan import Stage
 from core.training.schedule import current_lr, make_optimizer, make_scheduler, step_scheduler
-from core.training.state import EpochState
+from core.training.state import EpochState, StageRun
 from core.training.validate import validate
-
-
-@dataclass
-class StageRun:
-    """A stage being trained: its optimiser, schedule, pipeline, and what batches run through."""
-
-    index: int
-    stage: Stage
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    pipeline: Pipeline
-    forward: nn.Module  # the pipeline's module, wrapped by the strategy (DDP with workers)
-    criterion: nn.Module
 
 
 def fit(run: Run) -> Iterator[ev.Event]:
@@ -105,7 +91,7 @@ def train_stage(run: Run, index: int, stage: Stage) -> Iterator[ev.Event]:
     yield ev.MessageLogged("info", f"stage {stage.name}: {pipeline.kind} data path")
     first_epoch = sum(s.epochs for s in setup.stages[:index]) + 1
     yield ev.StageStarted(stage.name, first_epoch, stage.epochs, stage.lr, sum(p.numel() for p in params))
-    yield from run.each("on_stage_start", _epoch_state(run, current, 0))
+    yield from run.each("on_stage_start", current)
     setup.restore.rng(index)  # last, so nothing between the checkpoint and the next batch draws from the RNGs
     setup.strategy.reseed(config.seed, run.state.step)
     for _ in range(setup.restore.epochs_done(index), stage.epochs):

@@ -26,17 +26,18 @@ from core.runs.checkpoint import Position, copy_checkpoint, save_checkpoint
 from core.runs.lock import RunLock
 from core.runs.resumption import BEST, LAST
 from core.runs.store import MetricsWriter, create_run_dir, read_status, write_json
+from core.training.state import RunState
 
 
 class RunSession:
     """Rank 0's hold on the run directory: lock, status.json, metrics.jsonl, checkpoints, bundle."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, state: RunState) -> None:
         self.run_dir = run_dir
+        self.state = state  # its last good checkpoint is what a failed write's message names
         self.lock = RunLock(run_dir)
         self.status: dict[str, Any] = {}
         self.metrics: MetricsWriter | None = None
-        self.last_checkpoint: str | None = None
 
     @classmethod
     def create(cls, config: RunConfig) -> Path:
@@ -66,7 +67,7 @@ class RunSession:
         try:
             write_json(self.run_dir / "status.json", self.status)
         except OSError as exc:
-            raise write_failed(self.run_dir / "status.json", exc, self.last_checkpoint) from None
+            raise write_failed(self.run_dir / "status.json", exc, self.state.last_checkpoint) from None
 
     def record(self, event: ev.Event) -> None:
         """Append ``event`` to metrics.jsonl (``BatchEnded`` is too frequent to keep)."""
@@ -75,7 +76,7 @@ class RunSession:
         try:
             self.metrics.write(ev.to_record(event))
         except OSError as exc:
-            raise write_failed(self.metrics.path, exc, self.last_checkpoint) from None
+            raise write_failed(self.metrics.path, exc, self.state.last_checkpoint) from None
 
     def save_checkpoint(self, model: nn.Module, optimizer: Any, scheduler: Any, position: Position, extra: dict[str, Any]) -> Path:
         """Write checkpoint-last atomically; returns its readable json path."""
@@ -96,7 +97,7 @@ class RunSession:
         try:
             return save_bundle(self.run_dir, model, arch, class_names, pre, meta)
         except OSError as exc:
-            raise write_failed(self.run_dir / "model.safetensors", exc, self.last_checkpoint) from None
+            raise write_failed(self.run_dir / "model.safetensors", exc, self.state.last_checkpoint) from None
 
     def close(self, outcome: str, step: int, started: float, data_paths: dict[str, str], error: str | None) -> None:
         """Record how the run ended in status.json, close metrics.jsonl and release the lock."""

@@ -85,14 +85,14 @@ def build(config: RunConfig, strategy: SingleProcess, resume: ResumePoint | None
         )
     configure(device, config.cudnn_benchmark)
     seed_everything(config.seed)
-    restore = Restore(resume, [s.epochs for s in plan_stages(config)])
+    stages = plan_stages(config)
+    restore = Restore(resume, [s.epochs for s in stages])
     splits, model, info = _data_and_model(config, strategy, restore, build_fn)
     pre = preprocessing_for(config, splits, info) if restore.point is None else saved_preprocessing(restore.meta)
     model.to(device)
     model = strategy.prepare(model, config.sync_bn)
     if channels_last_ok(device, config.channels_last):
         model.to(memory_format=torch.channels_last)
-    stages = plan_stages(config)
     config, notes = _batch_size(config, strategy, model, info, stages, device, splits)
     assert isinstance(config.batch_size, int)
     forward: nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
+from core.training.pipeline import Pipeline
 from core.training.plan import Stage
 
 
@@ -79,3 +81,16 @@ class EpochState:
         self.pending, self.pending_batches, self.window_images, self.wait = [], [], 0, 0.0
         self.window_start = time.perf_counter()
         return pending, batches
+
+
+@dataclass
+class StageRun:
+    """A stage being trained: its optimiser, schedule, pipeline, and what batches run through."""
+
+    index: int
+    stage: Stage
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    pipeline: Pipeline
+    forward: nn.Module  # the pipeline's module, wrapped by the strategy (DDP with workers)
+    criterion: nn.Module

@@ -76,10 +76,9 @@ def _train(
 ) -> Iterator[ev.Event]:
     setup = build(config, strategy, resume, build_fn)
     run_dir = resume.run_dir if resume is not None else Path(strategy.from_main(lambda: str(RunSession.create(setup.config))))
-    session: RunSession = strategy.main_value(RunSession, NullSession)(run_dir)
     state = RunState()
     setup.restore.run_state(state)
-    session.last_checkpoint = state.last_checkpoint
+    session: RunSession = strategy.main_value(RunSession, NullSession)(run_dir, state)
     session.open(resumed=resume is not None, extra=strategy.status(), started=state.started)
     origin = resume.meta.get("cwd") if resume is not None else os.getcwd()
     engine_hooks = default_hooks(setup, stop, stop_after_epoch, emit_interval)
