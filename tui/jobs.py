@@ -37,6 +37,19 @@ Engine = Callable[[threading.Event], Iterable[Any]]
 """An engine call waiting for its ``stop`` event: ``lambda stop: train(config, stop=stop)``."""
 
 
+def finished_listing(event: Worker.StateChanged, listing: Worker[Any] | None, notify: Callable[..., object]) -> list[Any] | None:
+    """The rows of the run-listing worker ``listing`` once it ended (``[]`` after an error, which is notified).
+
+    None for any other worker's state change, so a handler returns at once. The Runs screen
+    and the model menu both list runs in a thread worker and take the result through this.
+    """
+    if event.worker is not listing or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+        return None
+    if event.state == WorkerState.ERROR:
+        notify(f"cannot list the runs: {event.worker.error}", severity="error")
+    return event.worker.result or []
+
+
 @dataclass
 class EventsReady(Message):
     """Engine events are waiting in ``pump``; drain them at ``due`` (the pump's clock) or later."""

@@ -18,10 +18,11 @@ from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 
 from core.config import RunConfig
 from core.runs.store import RunSummary, list_runs, read_config, read_metrics
+from tui.jobs import finished_listing
 from tui.screens.dialogs import ActionsScreen
 from tui.widgets.line_chart import LineChart, Series
 from tui.widgets.nav import NavBar
@@ -103,11 +104,10 @@ class RunsScreen(Screen[None]):
 
     @on(Worker.StateChanged)
     def _listed(self, event: Worker.StateChanged) -> None:
-        if event.worker is not self._listing or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+        runs = finished_listing(event, self._listing, self.notify)
+        if runs is None:
             return
-        if event.state == WorkerState.ERROR:
-            self.notify(f"cannot list the runs: {event.worker.error}", severity="error")
-        self.show_runs(event.worker.result or [])
+        self.show_runs(runs)
         self.listed = True
 
     def show_runs(self, runs: list[RunSummary]) -> None:

@@ -19,10 +19,11 @@ from textual.app import ComposeResult
 from textual.containers import HorizontalGroup
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 
 from core.registry import Choice
 from core.runs.store import list_runs
+from tui.jobs import finished_listing
 
 
 def finished_runs(runs_dir: str) -> list[tuple[str, str]]:
@@ -258,11 +259,10 @@ class ModelPicker(HorizontalGroup):
 
     @on(Worker.StateChanged)
     def _listed(self, event: Worker.StateChanged) -> None:
-        if event.worker is not self._listing or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+        runs = finished_listing(event, self._listing, self.notify)
+        if runs is None:
             return
-        if event.state == WorkerState.ERROR:
-            self.notify(f"cannot list the runs: {event.worker.error}", severity="error")
-        self.set_runs(event.worker.result or [])
+        self.set_runs(runs)
         typed = self._typed_choice
         if typed is not None and typed in self.refs and self.other.value == typed:
             self.choose(typed)

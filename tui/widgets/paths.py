@@ -17,6 +17,7 @@ from textual.suggester import Suggester
 from textual.widgets import DirectoryTree
 
 from core.data.images import IMAGE_EXTENSIONS
+
 MAX_FILES = 1000
 
 
