@@ -24,6 +24,8 @@ Scheduler = Literal["none", "step", "cosine", "onecycle"]
 Optimizer = Literal["sgd", "adamw"]
 Normalize = Literal["dataset", "backbone"]
 DataPath = Literal["auto", "device", "stream"]
+BatchNormPolicy = Literal["auto", "frozen", "train"]
+Keep = Literal["best", "last"]
 
 MIN_IMAGE_SIZE = 16
 
@@ -39,6 +41,12 @@ MODE_DEFAULTS: dict[str, dict[str, Any]] = {
     "probe-then-finetune": {"lr": 5e-4, "augment": "crop-flip", "scheduler": "step"},
 }
 PROBE_LR = 1e-3
+
+# What a run logs when it validates on the test split and so keeps its last epoch, not its best.
+KEEPS_LAST_ON_TEST = (
+    "keeping the last epoch: validation is the test split (--val-split 0), and choosing the best epoch on it "
+    "would tune to the test set; give --val-split 0.1 to keep the best epoch on held-out images"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,11 @@ class RunConfig:
     skip_nonfinite: bool = False  # skip batches whose loss is NaN/inf instead of stopping
     max_nonfinite: int = 10  # with skip_nonfinite: how many such batches before giving up
     strict: bool = False  # fail on an unreadable image instead of skipping it
+    # The recipe (issue 12): what fine-tuning keeps of the pretrained model, and which model the run keeps.
+    bn: BatchNormPolicy = "auto"  # BatchNorm while the backbone trains; auto: frozen for pretrained weights
+    keep: Keep = "best"  # the bundle: the best validation epoch (on held-out images) or the last
+    patience: int = 0  # end a stage after N epochs without validation improvement; 0: never
+    layer_decay: float = 1.0  # each earlier backbone stage trains at this times the next one's lr; 1: off
 
     def resolved(self) -> RunConfig:
         """A copy with every mode default filled in, validated."""
@@ -94,6 +107,8 @@ class RunConfig:
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if self.mode == "probe-then-finetune" and self.probe_lr is None:
             filled["probe_lr"] = PROBE_LR
+        if self.bn == "auto":
+            filled["bn"] = bn_policy(self.weights)
         out = dataclasses.replace(self, **filled)
         out.validate()
         return out
@@ -143,6 +158,12 @@ class RunConfig:
             check_run_name(self.name)
         if self.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every must not be negative (got {self.checkpoint_every}); 0 saves at epoch ends only")
+        _check_choice("bn", self.bn, registry.BN_POLICIES)
+        _check_choice("keep", self.keep, registry.KEEP)
+        if self.patience < 0:
+            raise ConfigError(f"--patience must not be negative (got {self.patience}); 0 never stops early")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"--layer-decay must be in (0, 1] (got {self.layer_decay:g}); try 0.7, or 1 for one rate")
         if self.max_nonfinite < 0:
             raise ConfigError(f"--max-nonfinite must not be negative (got {self.max_nonfinite})")
 
@@ -184,6 +205,15 @@ class RunConfig:
             elif value is not None:
                 parts += [flag, _format(value)]
         return " ".join(shlex.quote(p) if p[:1] != "-" else p for p in parts)
+
+
+def bn_policy(weights: str) -> str:
+    """What ``--bn auto`` means: pretrained BatchNorm statistics stay fixed; random ones must be learnt.
+
+    Measured on ../shared (bench/RESULTS.md): with train-mode BatchNorm, probe-then-finetune
+    falls from the probe's 59% to 30% at the switch; frozen, it goes on from there.
+    """
+    return "train" if weights == "none" else "frozen"
 
 
 def _flag(name: str) -> str:

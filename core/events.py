@@ -54,6 +54,19 @@ class StageStarted:
     epochs: int
     lr: float
     trainable_params: int
+    bn: str = ""  # frozen | train: BatchNorm while this stage trains the backbone ("" for a probe)
+    lr_groups: tuple[tuple[str, float], ...] = ()  # (group, lr) with --layer-decay: head first, then each stage back
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractionProgressed:
+    """A cached-feature probe is running the frozen backbone over a split once, before its first epoch."""
+
+    split: str  # train | val
+    done: int  # images of the split extracted so far
+    total: int
+    seconds: float  # since this split's extraction began
+    eta: float  # seconds left for this split
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +162,9 @@ class RunFinished:
     best_val_accuracy: float
     epochs: int
     seconds: float
+    kept_epoch: int = 0  # the epoch whose weights the bundle holds
+    kept: str = "last"  # best | last: which epoch --keep kept (last when validation is the test split)
+    reason: str = ""  # why it ended before its planned epochs (--patience), else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +270,7 @@ class ClassificationStopped:
 Event = Union[
     RunStarted,
     StageStarted,
+    ExtractionProgressed,
     EpochStarted,
     BatchEnded,
     EpochEnded,

@@ -61,6 +61,19 @@ SCHEDULERS: tuple[Choice, ...] = (
     Choice("onecycle", "One-cycle", "OneCycleLR: ramp up to --lr, then anneal, per batch"),
 )
 
+BN_POLICIES: tuple[Choice, ...] = (
+    Choice("auto", "Auto", "frozen with pretrained weights, train with --weights none"),
+    Choice("frozen", "Frozen", "BatchNorm keeps its pretrained statistics (inference mode); its scale and shift still train"),
+    Choice("train", "Train", "BatchNorm normalises with batch statistics and updates its running ones"),
+)
+"""BatchNorm while the backbone trains (finetune, partial, and the second stage of probe-then-finetune)."""
+
+KEEP: tuple[Choice, ...] = (
+    Choice("best", "Best epoch", "the epoch with the best held-out validation accuracy"),
+    Choice("last", "Last epoch", "the model as the last epoch left it"),
+)
+"""Which model the bundle keeps."""
+
 OPTIMIZERS: tuple[Choice, ...] = (
     Choice("sgd", "SGD", "SGD with momentum (--momentum), as in the notebook"),
     Choice("adamw", "AdamW", "AdamW with decoupled weight decay"),

@@ -54,7 +54,10 @@ def tiny_config(tiny_folder: Path, tmp_path: Path) -> Callable[..., RunConfig]:
 
     Defaults: the ``tiny_folder`` dataset, ``TINY_BACKBONE`` with random weights, 32 px,
     batch 16 (three batches an epoch), one epoch, no loader processes, runs under
-    ``tmp_path/runs``. Keyword arguments override any field.
+    ``tmp_path/runs``, and ``val_split`` 0: validation on the folder's 12 test images, as
+    the notebook does (the default, a held-out slice of the 36 training images, would
+    leave one image a class; tests/test_recipe.py covers it). Keyword arguments override
+    any field.
     """
 
     def make(**overrides: Any) -> RunConfig:
@@ -69,6 +72,7 @@ def tiny_config(tiny_folder: Path, tmp_path: Path) -> Callable[..., RunConfig]:
             "device": "cpu",
             "workers": 0,
             "runs_dir": str(tmp_path / "runs"),
+            "val_split": 0.0,
         }
         values.update(overrides)
         return RunConfig(**values)
@@ -100,6 +104,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
         runs_dir=str(root / "runs"),
         name="tiny",
         seed=1,
+        val_split=0.0,  # validates on the 12 test images (see tiny_config)
     )
     events = tuple(train(config))
     assert isinstance(events[-1], RunFinished), events[-1]

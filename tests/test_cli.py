@@ -90,7 +90,7 @@ def test_run_json_is_one_event_per_line_ending_with_run_finished(demo_run: dict[
     last = lines[-1]
     assert isinstance(last["run_dir"], str) and 0.0 <= last["val_accuracy"] <= 1.0
     batches = [line for line in lines if line["event"] == "batch_ended"]
-    assert sum(len(b["losses"]) for b in batches) == 16  # 800 images in batches of 50
+    assert sum(len(b["losses"]) for b in batches) == 15  # 720 images (800 less 80 held out) in batches of 50
 
 
 def test_eval_json_reproduces_the_runs_accuracy(demo_run: dict[str, Any]) -> None:
@@ -102,7 +102,9 @@ def test_eval_json_reproduces_the_runs_accuracy(demo_run: dict[str, Any]) -> Non
     assert record["top5"] >= record["top1"]
     assert list(record["per_class"]) == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert len(record["confusion"]) == 10 and all(len(row) == 10 for row in record["confusion"])
-    assert sum(map(sum, record["confusion"])) == record["images"] == 200
+    assert sum(map(sum, record["confusion"])) == record["images"] == 80  # the run's 80 held-out validation images
+    on_test = json.loads(invoke("eval", finished["run_dir"], "--dataset", "demo", "--json", "--device", "cpu").stdout)
+    assert (on_test["split"], on_test["images"]) == ("test", 200)  # the demo's test split, never used to pick the model
 
 
 def test_eval_last_picks_the_newest_finished_run(demo_run: dict[str, Any]) -> None:
@@ -151,16 +153,17 @@ def test_backbones_lists_every_registered_choice() -> None:
 
 
 PLAIN_LINES = {
-    "run": r"run \S+ on cpu \(CPU \(\d+ threads\)\): 36 train / 12 val images, 3 classes, 1 epochs, [\d,]+ of [\d,]+ parameters train",
-    "stage": r"stage finetune: 1 epoch\(s\) from epoch 1, lr 0\.0005",
-    "batch": r"epoch 1 batch \d/3 step \d/3 loss \d+\.\d{4} lr \d\.\d\de-\d\d \d+ img/s wait \d+% eta \d+:\d\d",
+    # The default --val-split 0.1 holds out one training image a class for validation (the test folder stays for eval).
+    "run": r"run \S+ on cpu \(CPU \(\d+ threads\)\): 33 train / 3 val images, 3 classes, 1 epochs, [\d,]+ of [\d,]+ parameters train",
+    "stage": r"stage finetune: 1 epoch\(s\) from epoch 1, lr 0\.0005, BatchNorm train",
+    "batch": r"epoch 1 batch \d/\d step \d/\d loss \d+\.\d{4} lr \d\.\d\de-\d\d \d+ img/s wait \d+% eta \d+:\d\d",
     "epoch": (
         r"epoch 1/1 \[finetune\] train_loss \d+\.\d{4} train_acc \d+\.\d\d% val_loss \d+\.\d{4} "
         r"val_acc \d+\.\d\d% lr \d\.\d\de-\d\d \d+ img/s \d+\.\ds"
     ),
     "saved": r"saved bundle \S+/model\.json",
     "message": r"(info|warning|error): \S.*",
-    "finished": r"finished \S+: val_acc \d+\.\d\d% \(best \d+\.\d\d%\) in \d+\.\ds; model \S+/model\.json",
+    "finished": r"finished \S+: val_acc \d+\.\d\d% \(the best epoch, 1, of 1\) in \d+\.\ds; model \S+/model\.json",
 }
 
 

@@ -18,9 +18,18 @@ def per_class(dataset: object) -> dict[int, int]:
     return dict(Counter(targets_of(dataset)))
 
 
-def test_a_folder_with_train_and_test_validates_on_test(tiny_folder: Path) -> None:
-    splits = load_splits(f"imagefolder:{tiny_folder}")
+def test_a_folder_with_train_and_test_holds_out_validation_and_keeps_test(tiny_folder: Path) -> None:
+    splits = load_splits(f"imagefolder:{tiny_folder}", val_split=0.25)
     assert splits.class_names == ["checks", "circle", "stripes"]
+    # Validation (which picks the kept epoch) is a stratified slice of train; test stays for eval.
+    assert (len(splits.train), len(splits.val), len(splits.test), splits.val_source) == (27, 9, 12, "held-out")
+    assert per_class(splits.val) == {0: 3, 1: 3, 2: 3} and per_class(splits.test) == {0: 4, 1: 4, 2: 4}
+    held = {splits.val.base.samples[i][0] for i in splits.val.indices}
+    assert not held & {splits.train.base.samples[i][0] for i in splits.train.indices}
+
+
+def test_val_split_zero_validates_on_the_test_split_as_the_notebook_does(tiny_folder: Path) -> None:
+    splits = load_splits(f"imagefolder:{tiny_folder}", val_split=0.0)
     assert (len(splits.train), len(splits.val), splits.val_source) == (36, 12, "test")
     assert splits.test is splits.val
     assert per_class(splits.val) == {0: 4, 1: 4, 2: 4}
@@ -31,10 +40,11 @@ def test_a_folder_with_train_and_test_validates_on_test(tiny_folder: Path) -> No
     assert splits.native_size is None
 
 
-def test_a_val_folder_serves_as_the_test_split(tmp_path: Path) -> None:
+def test_a_val_folder_is_the_validation_split(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "d", layout="train-val", train=4, test=2)
     splits = load_splits(f"imagefolder:{root}")
-    assert (len(splits.train), len(splits.val), splits.val_source) == (12, 6, "test")
+    assert (len(splits.train), len(splits.val), splits.val_source) == (12, 6, "val")
+    assert splits.test is splits.val  # and what eval scores
 
 
 def test_a_train_folder_alone_is_split_stratified(tmp_path: Path) -> None:
@@ -75,7 +85,7 @@ def test_non_images_and_hidden_folders_are_ignored(tmp_path: Path) -> None:
     (root / "train" / "circle" / "notes.txt").write_text("not an image")
     (root / "train" / ".cache").mkdir()
     splits = load_splits(f"imagefolder:{root}")
-    assert len(splits.train) == 9 and splits.class_names == ["checks", "circle", "stripes"]
+    assert len(splits.train) + len(splits.val) == 9 and splits.class_names == ["checks", "circle", "stripes"]
 
 
 @pytest.mark.parametrize(
@@ -118,7 +128,8 @@ def test_demo_has_ten_classes_of_real_cifar_images() -> None:
     assert splits.class_names == [
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
     ]  # fmt: skip
-    assert (len(splits.train), len(splits.val), splits.val_source) == (800, 200, "test")
-    assert set(per_class(splits.train).values()) == {80} and set(per_class(splits.val).values()) == {20}
-    image, _ = splits.val[0]
+    assert (len(splits.train), len(splits.val), len(splits.test), splits.val_source) == (720, 80, 200, "held-out")
+    assert set(per_class(splits.train).values()) == {72} and set(per_class(splits.val).values()) == {8}
+    assert set(per_class(splits.test).values()) == {20}
+    image, _ = splits.test[0]
     assert image.size == (32, 32) and splits.native_size == 32

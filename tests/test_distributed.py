@@ -127,8 +127,8 @@ def test_two_workers_train_like_one_process_with_the_global_batch(tmp_path: Path
     moved = largest_difference({k: v.detach() for k, v in model.state_dict().items()}, reference)
     assert moved > 1000 * WEIGHT_TOLERANCE  # the comparison could fail: training moved them far more
 
-    # Figures over both workers' shares (training totals over all 800 images, the same count
-    # images/s is computed from; validation over all 200), equal to the single process's.
+    # Figures over both workers' shares (training totals over all 720 images, the same count
+    # images/s is computed from; validation over all 80 held out), equal to the single process's.
     for mine, theirs in zip(epochs(run_dir), epochs(single_run), strict=True):
         assert mine["train_accuracy"] == theirs["train_accuracy"] and mine["val_accuracy"] == theirs["val_accuracy"]
         assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-5)
@@ -139,8 +139,9 @@ def test_two_workers_train_like_one_process_with_the_global_batch(tmp_path: Path
     scored = CliRunner().invoke(app, ["eval", str(run_dir), "--json", "--device", "cpu"])
     assert scored.exit_code == 0, scored.output
     record = json.loads(scored.stdout)
-    assert record["images"] == 200
-    assert record["top1"] == finished["val_accuracy"] == epochs(single_run)[-1]["val_accuracy"]
+    assert record["images"] == 80
+    kept = epochs(single_run)[finished["kept_epoch"] - 1]
+    assert record["top1"] == finished["val_accuracy"] == kept["val_accuracy"]
 
 
 def test_a_killed_worker_ends_the_job_and_its_checkpoint_resumes_on_one_worker(tmp_path: Path, single_run: Path) -> None:

@@ -36,8 +36,8 @@ def shape(events: Iterable[Any]) -> list[str]:
         name = type(event).__name__
         if name == "MessageLogged":
             continue
-        if name == "BatchEnded":
-            name = "BatchEnded..."
+        if name in ("BatchEnded", "ExtractionProgressed"):
+            name += "..."
             if out and out[-1] == name:
                 continue
         out.append(name)
@@ -112,13 +112,16 @@ def test_run_directory_records_the_run(finished_run: FinishedRun) -> None:
 
 def test_probe_then_finetune_runs_two_stages(tiny_config: Callable[..., RunConfig]) -> None:
     events = list(train(tiny_config(mode="probe-then-finetune", probe_epochs=1, epochs=1)))
-    assert shape(events) == ["RunStarted", "StageStarted", *EPOCH, "StageStarted", *EPOCH, "CheckpointSaved", "RunFinished"]
+    # The probe extracts its features first (a train and a val pass), then each stage trains.
+    assert shape(events) == [
+        "RunStarted", "ExtractionProgressed...", "StageStarted", *EPOCH, "StageStarted", *EPOCH, "CheckpointSaved", "RunFinished",
+    ]  # fmt: skip
     probe, finetune = [e for e in events if isinstance(e, ev.StageStarted)]
     model, info = build_model("timm:test_resnet", 3, "none")
     head = sum(p.numel() for n, p in model.named_parameters() if n.startswith(info.head + "."))
     assert (probe.stage, probe.first_epoch, probe.lr, probe.trainable_params) == ("probe", 1, 1e-3, head)
-    assert (finetune.stage, finetune.first_epoch, finetune.lr, finetune.trainable_params) == (
-        "finetune", 2, 5e-4, count_params(model),
+    assert (finetune.stage, finetune.first_epoch, finetune.lr, finetune.trainable_params, finetune.bn) == (
+        "finetune", 2, 5e-4, count_params(model), "train",  # --bn auto with random weights
     )  # fmt: skip
     started = events[0]
     assert isinstance(started, ev.RunStarted) and started.trainable_params == head

@@ -26,7 +26,7 @@ CPU = torch.device("cpu")
 def _config(tmp_path, **changes) -> RunConfig:
     base = RunConfig(
         mode="linear-probe", backbone="resnet18", weights="none", dataset="demo", image_size=32, batch_size=64,
-        epochs=2, device="cpu", runs_dir=str(tmp_path / "runs"), seed=3,
+        epochs=2, device="cpu", runs_dir=str(tmp_path / "runs"), seed=3, val_split=0.0,  # all 800 train, 200 test
     )
     return dataclasses.replace(base, **changes)
 
@@ -102,15 +102,15 @@ def test_batchnorm_folding_keeps_the_features_and_drops_every_batchnorm(backbone
 def test_device_batches_equal_the_per_image_transform():
     splits = load_splits("demo")
     pre = Preprocessing(48, splits.mean, splits.std, "bilinear")
-    images, labels = decode_all(splits.val, pre.size)
+    images, labels = decode_all(splits.test, pre.size)
     assert images.dtype == torch.uint8 and images.shape == (200, 3, 32, 32)
     device_images = DeviceImages(images, labels, pre, CPU)
     index = torch.tensor([0, 7, 150])
     batch, batch_labels = device_images.batch(index)
     tf = eval_transform(pre)
-    expected = torch.stack([tf(splits.val[i][0]) for i in index.tolist()])
+    expected = torch.stack([tf(splits.test[i][0]) for i in index.tolist()])
     torch.testing.assert_close(batch, expected, atol=1e-4, rtol=1e-4)
-    assert batch_labels.tolist() == [splits.val[i][1] for i in index.tolist()]
+    assert batch_labels.tolist() == [splits.test[i][1] for i in index.tolist()]
 
 
 def test_crop_flip_is_a_padded_crop_mirrored_half_the_time():

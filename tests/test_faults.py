@@ -48,6 +48,7 @@ def config_for(folder: Path, runs: Path, **overrides: Any) -> RunConfig:
     values: dict[str, Any] = dict(
         mode="finetune", backbone=TINY_BACKBONE, weights="none", dataset=f"imagefolder:{folder}", image_size=32,
         batch_size=8, epochs=2, device="cpu", workers=0, runs_dir=str(runs), seed=5,
+        val_split=0.0,  # validate on the 12 test images; all 36 train (see conftest.tiny_config)
     )  # fmt: skip
     values.update(overrides)
     return RunConfig(**values)

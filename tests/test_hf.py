@@ -78,7 +78,7 @@ def test_two_batches_of_finetuning_and_the_bundle_reloads_offline(tmp_path: Path
     data = make_image_folder(tmp_path / "data", train=8, test=4, size=32)
     config = RunConfig(
         mode="finetune", backbone=f"hf:{source}", dataset=f"imagefolder:{data}", batch_size=12, epochs=1,
-        device="cpu", workers=0, runs_dir=str(tmp_path / "runs"), lr=0.05, image_size=224,
+        device="cpu", workers=0, runs_dir=str(tmp_path / "runs"), lr=0.05, image_size=224, val_split=0.0,
     )
     events = list(train_events(config))
     batches = [e for e in events if isinstance(e, BatchEnded)]

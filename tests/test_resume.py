@@ -63,6 +63,7 @@ def config_for(folder: Path, runs: Path, **overrides: Any) -> RunConfig:
         mode="probe-then-finetune", backbone=TINY_BACKBONE, weights="none", dataset=f"imagefolder:{folder}",
         image_size=32, batch_size=8, probe_epochs=1, epochs=2, scheduler="step", step_size=1, step_gamma=0.5,
         device="cpu", workers=0, runs_dir=str(runs), seed=7,
+        val_split=0.0,  # validate on the 12 test images; all 36 train (see conftest.tiny_config)
     )  # fmt: skip
     values.update(overrides)
     return RunConfig(**values)
@@ -423,7 +424,7 @@ def test_a_killed_auto_run_resumes_on_the_data_path_it_started_with(
     args = [
         "run", "--mode", "finetune", "--backbone", TINY_BACKBONE, "--weights", "none", "--dataset", f"imagefolder:{folder}",
         "--image-size", "32", "--batch-size", "8", "--epochs", "2", "--augment", "crop-flip", "--scheduler", "step",
-        "--step-size", "1", "--step-gamma", "0.5", "--seed", "7", "--device", "cpu", "--workers", "0", "--data", "auto",
+        "--step-size", "1", "--step-gamma", "0.5", "--seed", "7", "--val-split", "0", "--device", "cpu", "--workers", "0", "--data", "auto",
         "--checkpoint-every", "1", "--runs-dir", str(runs), "--name", "killed",
     ]  # fmt: skip
     target = random.Random(KILL_SEED).choice([2, 3, 4, 6, 7, 8, 9])  # mid-epoch steps of either epoch
@@ -479,3 +480,34 @@ def test_a_recorded_device_path_that_no_longer_fits_is_refused_not_switched(
     assert isinstance(again[-1], ev.RunFinished)
     messages = [e.message for e in again if isinstance(e, ev.MessageLogged)]
     assert "stage finetune: stream data path" in messages and not any("keeping the data paths" in m for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("options", "steps"),
+    [
+        ({"bn": "frozen", "weights": "none"}, (7,)),  # fine-tuning with BatchNorm in inference mode
+        ({"layer_decay": 0.5}, (8,)),  # one rate per stage group, restored with the optimiser
+        # The probe is flat (its rate changes nothing), so --patience 1 ends it after its second epoch:
+        # stop inside the probe's last epoch, at the probe's end (its checkpoint knows it ended) and in fine-tuning.
+        ({"patience": 1, "probe_epochs": 3, "probe_lr": 1e-12}, (7, 10, 12)),
+        # The best epoch so far and its checkpoint survive a resume (held-out validation: 27 train, 4 batches an epoch).
+        ({"keep": "best", "lr": 0.2, "val_split": 0.25}, (6, 9)),
+    ],
+)
+def test_resume_is_exact_with_the_recipe_options(folder: Path, tmp_path: Path, options: dict[str, Any], steps: tuple[int, ...]) -> None:
+    runs = tmp_path / "runs"
+    whole = list(train(config_for(folder, runs, name="whole", **options)))
+    assert isinstance(whole[-1], ev.RunFinished)
+    epochs = [(e.epoch, e.stage, e.val_accuracy) for e in whole if isinstance(e, ev.EpochEnded)]
+    for step in steps:
+        stopped = stop_at(config_for(folder, runs, name=f"at-{step}", **options), step)
+        assert isinstance(stopped[-1], ev.RunStopped), stopped[-1]
+        resumed = list(resume(f"at-{step}", runs_dir=runs))
+        done = resumed[-1]
+        assert isinstance(done, ev.RunFinished), done
+        assert_same_weights(weights(runs / "whole"), weights(runs / f"at-{step}"), f"(stopped at step {step})")
+        got = [(e.epoch, e.stage, e.val_accuracy) for e in stopped + resumed if isinstance(e, ev.EpochEnded)]
+        assert got == epochs, f"stopped at step {step}"
+        assert (done.kept_epoch, done.val_accuracy, done.reason) == (whole[-1].kept_epoch, whole[-1].val_accuracy, whole[-1].reason)
+    if "patience" in options:
+        assert [s for _, s, _ in epochs] == ["probe", "probe", "finetune", "finetune"]

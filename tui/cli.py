@@ -223,6 +223,16 @@ def run(
     ),
     max_nonfinite: int = typer.Option(10, help="with --skip-nonfinite: stop once more batches than this were skipped"),
     strict: bool = typer.Option(False, "--strict", help="stop on the first unreadable image instead of skipping it"),
+    bn: str = typer.Option("auto", help="BatchNorm while the backbone trains: " + _choice_help(registry.BN_POLICIES)),
+    keep: str = typer.Option(
+        "best", help="which model the bundle keeps: " + _choice_help(registry.KEEP)
+        + " (validating on the test split, --val-split 0, always keeps the last)"
+    ),
+    patience: int = typer.Option(0, help="end a stage after N epochs without validation improvement (per stage; 0: never)"),
+    layer_decay: float = typer.Option(
+        1.0, help="layer-wise rates while the backbone trains: each backbone stage, counted back from the head, "
+        "trains at this times the next one's rate (timm's layer decay; 1: one rate for all)"
+    ),
     resume: Optional[str] = typer.Option(
         None, "--resume", metavar="RUN",
         help="continue run RUN (a directory, or a name under --runs-dir) from its last checkpoint with its saved settings; "
@@ -409,7 +419,7 @@ def runs(
     rows = list_runs(runs_dir)
     if as_json:
         for r in rows:
-            typer.echo(json.dumps(asdict(r)))
+            typer.echo(json.dumps(asdict(r) | {"model": r.model}))
         return
     if not rows:
         typer.echo(f"no runs under {runs_dir}/ yet; start one with `tlwork run --dataset demo`")
@@ -421,7 +431,7 @@ def runs(
     for r in rows:
         acc = f"{100 * r.val_accuracy:.2f}%" if r.val_accuracy is not None else "-"
         best = f"{100 * r.best_val_accuracy:.2f}%" if r.best_val_accuracy is not None else "-"
-        table.add_row(r.name, r.status, r.mode, r.backbone, r.dataset, f"{r.epochs_done}/{r.epochs}", acc, best, "yes" if r.has_bundle else "-")
+        table.add_row(r.name, r.status, r.mode, r.backbone, r.dataset, f"{r.epochs_done}/{r.epochs}", acc, best, r.model)
     # Off a terminal (a pipe, a log) rich would squeeze the table into 80 columns and elide
     # the run names that `tlwork eval` needs; print it at its natural width instead.
     Console(highlight=False, width=None if sys.stdout.isatty() else 1000).print(table)

@@ -52,7 +52,9 @@ def describe(event: ev.Event) -> str | None:
                 f"{event.trainable_params:,} of {event.total_params:,} parameters train"
             )
         case ev.StageStarted():
-            return f"stage {event.stage}: {event.epochs} epoch(s) from epoch {event.first_epoch}, lr {event.lr:g}"
+            return stage_line(event)
+        case ev.ExtractionProgressed() if event.done >= event.total:
+            return f"extracted the frozen backbone's features of {event.total} {event.split} images in {event.seconds:.1f}s"
         case ev.EpochEnded():
             return (
                 f"epoch {event.epoch}/{event.total_epochs} [{event.stage}] train_loss {event.train_loss:.4f} "
@@ -68,9 +70,10 @@ def describe(event: ev.Event) -> str | None:
         case ev.RunStopped():
             return f"stopped at epoch {event.epoch} step {event.step} ({event.reason}); checkpoint {event.checkpoint}"
         case ev.RunFinished():
+            why = f" ({event.reason})" if event.reason else ""
             return (
-                f"finished {event.run_dir}: val_acc {_pct(event.val_accuracy)} (best {_pct(event.best_val_accuracy)}) "
-                f"in {event.seconds:.1f}s; model {event.bundle}"
+                f"finished {event.run_dir}{why}: val_acc {_pct(event.val_accuracy)} (the {event.kept} epoch, "
+                f"{event.kept_epoch or event.epochs}, of {event.epochs}) in {event.seconds:.1f}s; model {event.bundle}"
             )
         case ev.EvaluationStarted():
             return f"evaluating {event.model} on {event.dataset} ({event.split}, {event.images} images)"
@@ -80,6 +83,21 @@ def describe(event: ev.Event) -> str | None:
             failed = f", {event.failed} failed" if event.failed else ""
             return f"stopped classifying with {event.model} after {event.classified} image(s){failed} in {event.seconds:.1f}s"
     return None
+
+
+def stage_line(event: ev.StageStarted) -> str:
+    """``stage finetune: 2 epoch(s) from epoch 4, lr 0.0005, BatchNorm frozen, layer rates head 5e-04 ...``."""
+    line = f"stage {event.stage}: {event.epochs} epoch(s) from epoch {event.first_epoch}, lr {event.lr:g}"
+    if event.bn:
+        line += f", BatchNorm {event.bn}"
+    if event.lr_groups:
+        line += ", layer rates " + " ".join(f"{name} {lr:.1e}" for name, lr in event.lr_groups)
+    return line
+
+
+def extraction_line(event: ev.ExtractionProgressed) -> str:
+    """``extracting features: train 1024/4500 images, eta 0:10``."""
+    return f"extracting features: {event.split} {event.done}/{event.total} images, eta {format_seconds(event.eta)}"
 
 
 def batch_line(event: ev.BatchEnded) -> str:
@@ -108,12 +126,13 @@ class PlainRenderer:
         self._last = 0.0
 
     def handle(self, event: ev.Event) -> None:
-        if isinstance(event, ev.BatchEnded):
+        progress = isinstance(event, ev.BatchEnded) or (isinstance(event, ev.ExtractionProgressed) and event.done < event.total)
+        if progress:
             now = time.monotonic()
             if now - self._last < self.interval:
                 return
             self._last = now
-            line: str | None = batch_line(event)
+            line: str | None = batch_line(event) if isinstance(event, ev.BatchEnded) else extraction_line(event)  # type: ignore[arg-type]
         else:
             line = describe(event)
         if line:
@@ -143,6 +162,7 @@ class RichRenderer:
         )
         self.run_task: Any = None
         self.batch_task: Any = None
+        self.extract_tasks: dict[str, Any] = {}
         self.progress.start()
 
     def handle(self, event: ev.Event) -> None:
@@ -162,6 +182,10 @@ class RichRenderer:
                 p.update(self.batch_task, completed=event.batch, info=info)
             if self.run_task is not None:
                 p.update(self.run_task, completed=event.step, info=f"ETA {format_seconds(event.eta)}")
+        elif isinstance(event, ev.ExtractionProgressed):
+            if event.split not in self.extract_tasks:
+                self.extract_tasks[event.split] = p.add_task(f"features {event.split}", total=event.total, info="extracting")
+            p.update(self.extract_tasks[event.split], completed=event.done)
         elif isinstance(event, ev.EvaluationStarted):
             self.batch_task = p.add_task("evaluate", total=event.batches, info=event.split)
         elif isinstance(event, ev.EvalBatchEnded):

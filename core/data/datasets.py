@@ -2,9 +2,13 @@
 
 ``load_splits(spec, data_dir, val_split, seed)`` returns ``Splits``: the raw train,
 validation and test datasets (items are ``(PIL image, label)``), the class names, the
-dataset's mean/std and its native image size. Datasets with a test split validate on it, as
-the notebook does; a folder with only training images holds out a stratified, seeded
-``val_split`` fraction, so the same config always yields the same split. A dataset that
+dataset's mean/std and its native image size. Validation selects the model a run keeps
+(``--keep best``), so it is never the test split while ``val_split`` > 0: a stratified, seeded
+``val_split`` fraction of the training images is held out (as Hugging Face's example does
+with ``train_val_split``), the test split stays for ``tlwork eval``, and the same config
+always yields the same split. A folder whose second split is ``val/`` (not ``test/``)
+validates on it. With ``val_split`` 0 a dataset with a test split validates on it, as the
+notebook does (``val_source`` "test": nothing is selected on it). A dataset that
 cannot be downloaded, an empty folder, a single class or a folder with test images only is
 a ``DataError`` with a one-line message that says what to put where.
 
@@ -59,7 +63,7 @@ class Splits:
     mean_: tuple[float, float, float] | None  # None: measured from the training images when first asked
     std_: tuple[float, float, float] | None
     native_size: int | None
-    val_source: str  # "test" when validating on the test split, else "held-out"
+    val_source: str  # "held-out" (a slice of train), "val" (the folder's val/ split) or "test" (the test split)
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)  # (path, kind, reason), left out
 
     def _measure(self) -> None:
@@ -179,7 +183,7 @@ def load_splits(
     ``download``: fetch CIFAR when it is not in ``data_dir`` (else that is a ``DataError``).
     """
     if spec in CIFAR_URLS:
-        return _cifar(spec, data_dir, download)
+        return _cifar(spec, data_dir, download, val_split, seed)
     if spec == "demo":
         demo = folder_layout(DEMO_DIR)
         assert demo.train is not None
@@ -237,7 +241,7 @@ def load_eval_set(spec: str, data_dir: str = "data", val_split: float = 0.1, see
     return EvalSet(ImageFiles(samples, names), folder.name if layout.test else "all", names, None)
 
 
-def _cifar(name: str, data_dir: str, download: bool = True) -> Splits:
+def _cifar(name: str, data_dir: str, download: bool = True, val_split: float = 0.0, seed: int = 0) -> Splits:
     import torchvision
 
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
@@ -253,7 +257,10 @@ def _cifar(name: str, data_dir: str, download: bool = True) -> Splits:
             f"download {url} into {root}/ (or extract it to {root / folder}), or pick --dataset demo"
         ) from None
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
-    return Splits(name, train, test, test, list(train.classes), mean, std, 32, "test")
+    if val_split <= 0:
+        return Splits(name, train, test, test, list(train.classes), mean, std, 32, "test")
+    tr, held = stratified_split(train.targets, val_split, seed)
+    return Splits(name, Subset(train, tr), Subset(train, held), test, list(train.classes), mean, std, 32, "held-out")
 
 
 def _folders(
@@ -270,7 +277,9 @@ def _folders(
     samples, names = scan_class_folders(train_dir)
     if not samples:
         raise DataError(f"{train_dir}: no images found; expected {train_dir}/<class>/<image>.jpg")
-    skip_train = spec == "demo" or (scoring and test_dir is not None)
+    # The test split alone is scored, or the training images are shipped: no need to screen them.
+    val_is_test = test_dir is not None and (val_split <= 0 or test_dir.name == "val")
+    skip_train = spec == "demo" or (scoring and val_is_test)
     samples, unreadable = (samples, []) if skip_train else screen_images(samples)
     present = sorted({label for _, label in samples})
     if len(present) < 2:
@@ -284,9 +293,12 @@ def _folders(
         if spec != "demo":
             test_samples, more = screen_images(test_samples, full=not scoring)
             unreadable += more
-        train = full
-        val = test = ImageFiles(test_samples, names)
-        source = "test"
+        test = ImageFiles(test_samples, names)
+        if val_is_test:
+            train, val, source = full, test, ("val" if test_dir.name == "val" else "test")
+        else:
+            tr, held = stratified_split(full.targets, val_split, seed)
+            train, val, source = Subset(full, tr), Subset(full, held), "held-out"
     else:
         if val_split <= 0:
             raise DataError(f"{train_dir} has no test/ or val/ folder; give --val-split > 0 to hold out validation images")

@@ -38,6 +38,14 @@ class RunSummary:
     started: float
     seconds: float | None
     has_bundle: bool
+    kept_epoch: int | None = None  # the epoch the bundle holds (--keep best or last), once finished
+
+    @property
+    def model(self) -> str:
+        """What the runs lists show for the bundle: ``epoch 4``, ``yes`` or ``-``."""
+        if not self.has_bundle:
+            return "-"
+        return f"epoch {self.kept_epoch}" if self.kept_epoch else "yes"
 
 
 def default_name(config: RunConfig) -> str:
@@ -140,8 +148,12 @@ def summarize(run_dir: Path) -> RunSummary:
     """A run's summary from its files; damaged files give an ``unknown`` row, not an error."""
     config = read_json(run_dir / "config.json")
     status = read_status(run_dir)
-    epochs = [m for m in read_metrics(run_dir) if m.get("event") == "epoch_ended"]
+    metrics = read_metrics(run_dir)
+    epochs = [m for m in metrics if m.get("event") == "epoch_ended"]
     accs = [m["val_accuracy"] for m in epochs if isinstance(m.get("val_accuracy"), (int, float))]
+    finished = next((m for m in reversed(metrics) if m.get("event") == "run_finished"), {})
+    kept = finished.get("kept_epoch") if isinstance(finished.get("kept_epoch"), int) else None
+    kept_acc = finished.get("val_accuracy") if kept and isinstance(finished.get("val_accuracy"), (int, float)) else None
     total = config.get("epochs", 0) + (config.get("probe_epochs", 0) if config.get("mode") == "probe-then-finetune" else 0)
     state = status.get("status", "unknown")
     if state == "running":
@@ -158,11 +170,12 @@ def summarize(run_dir: Path) -> RunSummary:
         dataset=config.get("dataset", "?"),
         epochs_done=len(epochs),
         epochs=int(total or 0),
-        val_accuracy=accs[-1] if accs else None,
+        val_accuracy=kept_acc if kept_acc is not None else accs[-1] if accs else None,
         best_val_accuracy=max(accs) if accs else None,
         started=float(status.get("started", (run_dir / "config.json").stat().st_mtime if (run_dir / "config.json").exists() else 0)),
         seconds=status.get("seconds"),
         has_bundle=(run_dir / "model.json").is_file(),
+        kept_epoch=kept,
     )
 
 

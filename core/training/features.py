@@ -13,7 +13,7 @@ holds the new classifier and no backbone stage (ResNet's ``fc``, EfficientNet's
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterable
+from typing import Any, Generator, Iterable
 
 import torch
 from torch import nn
@@ -66,18 +66,20 @@ def trunk_features(model: nn.Module, block: nn.Module, images: torch.Tensor) -> 
     return capture.value
 
 
-def extract(
+def extract_steps(
     model: nn.Module,
     block: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     amp: bool = True,
     stop: threading.Event | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, labels) for every batch, in order, on the device (bf16 on CUDA).
+) -> Generator[int, None, tuple[torch.Tensor, torch.Tensor]]:
+    """Yields the images done after each batch; returns (features, labels) for every batch, in
+    order, on the device (bf16 on CUDA).
 
     Raises ``ExtractionStopped`` between batches once ``stop`` is set, so a stop during a
-    long extraction takes effect in seconds, not after the whole pass.
+    long extraction takes effect in seconds, not after the whole pass. Nothing is yielded
+    inside ``inference_mode``.
     """
     was_training = model.training
     model.eval()
@@ -85,6 +87,7 @@ def extract(
     labels: list[torch.Tensor] = []
     dtype = torch.bfloat16 if device.type == "cuda" and amp else torch.float32
     trunk, trunk_block = model, block
+    done = 0
     try:
         for images, y in batches:
             if stop is not None and stop.is_set():
@@ -95,9 +98,28 @@ def extract(
             with torch.inference_mode(), autocast(device, amp):
                 feats.append(trunk_features(trunk, trunk_block, images).to(dtype))
             labels.append(y.to(device, non_blocking=True))
+            done += int(y.shape[0])
+            yield done
     finally:
         model.train(was_training)
     return torch.cat(feats), torch.cat(labels)
+
+
+def extract(
+    model: nn.Module,
+    block: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    amp: bool = True,
+    stop: threading.Event | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``extract_steps`` without the progress: (features, labels)."""
+    steps = extract_steps(model, block, batches, device, amp, stop)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 def fold_batchnorm(model: nn.Module, block: nn.Module, sample: torch.Tensor) -> tuple[nn.Module, nn.Module]:

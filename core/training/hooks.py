@@ -15,10 +15,12 @@ loss) are errors and raise.
    ``BatchEnded`` with every loss since the last one: the only host sync of the batch loop.
    A NaN among them stops the run naming its batch.
 3. ``UnreadableLog``: images the loader had to skip, named once, and a summary per epoch.
-4. ``PeriodicCheckpoint``: ``--checkpoint-every N`` batches.
-5. ``EpochCheckpoint``: checkpoint-last at every epoch's end, copied to checkpoint-best when
+4. ``EarlyStopping``: ``--patience N`` epochs without validation improvement end the stage
+   (before the checkpoint, so the checkpoint knows the stage is over).
+5. ``PeriodicCheckpoint``: ``--checkpoint-every N`` batches.
+6. ``EpochCheckpoint``: checkpoint-last at every epoch's end, copied to checkpoint-best when
    validation improved (timm's ``CheckpointSaver`` owns last and best the same way).
-6. ``StopRequests``: ``stop`` at a batch boundary saves a checkpoint and yields
+7. ``StopRequests``: ``stop`` at a batch boundary saves a checkpoint and yields
    ``RunStopped``; ``stop_after_epoch`` does so at the epoch's end. Last, so ``RunStopped`` is
    the run's last event.
 
@@ -121,6 +123,8 @@ class Checkpointer:
             "train_size": len(setup.splits.train), "batch_size": setup.config.batch_size,
             "stages": [s.name for s in setup.stages], "val": {"top1": state.val["top1"], "loss": state.val["loss"]},
             "global_batch_size": setup.global_batch, "workers": setup.strategy.world, "data_paths": setup.cache.paths(),
+            "best_epoch": state.best_epoch, "best_val": dict(state.best_val), "stage_epochs": list(state.stage_epochs),
+            "patience": {"stage_best": state.stage_best, "stale": state.stale},
         }
 
 
@@ -187,6 +191,43 @@ class UnreadableLog(Hook):
             yield ev.MessageLogged("warning", summary)
 
 
+class EarlyStopping(Hook):
+    """``--patience N``: a stage whose validation has not improved for N epochs ends there.
+
+    Per stage: probe-then-finetune's probe ends early and fine-tuning starts; the last
+    stage ending early finishes the run (``RunFinished`` says why), which then keeps its best
+    epoch as any run does. The counters live in ``RunState`` and every checkpoint, so a
+    resumed run counts on where it stopped.
+    """
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_stage_start(self, run: Run, stage: StageRun) -> Iterator[ev.Event]:
+        state = run.state
+        state.stage_best, state.stale = run.setup.restore.patience(stage.index) or (-1.0, 0)
+        return iter(())
+
+    def after_epoch(self, run: Run, epoch: EpochState, improved: bool) -> Iterator[ev.Event]:
+        state = run.state
+        if not self.patience:
+            return
+        if state.val["top1"] > state.stage_best:
+            state.stage_best, state.stale = state.val["top1"], 0
+            return
+        state.stale += 1
+        if state.stale < self.patience:
+            return
+        state.end_stage = True
+        state.stage_epochs[epoch.stage_index] = epoch.epoch - state.epochs_before(epoch.stage_index)
+        last = epoch.stage_index == len(run.setup.stages) - 1
+        message = (f"early stopping: {epoch.stage.name} stage ended after epoch {epoch.epoch}, no validation improvement "
+                   f"for {state.stale} epoch(s) (--patience {self.patience}; its best {state.stage_best:.2%})")
+        if last:
+            state.ended_early = message
+        yield ev.MessageLogged("info", message + ("" if last else "; the next stage starts"))
+
+
 class PeriodicCheckpoint(Hook):
     """``--checkpoint-every N``: a checkpoint every N optimiser steps inside an epoch."""
 
@@ -226,7 +267,7 @@ class StopRequests(Hook):
         strategy = run.setup.strategy
         stopping = strategy.agree(self.stop is not None and self.stop.is_set())
         after_epoch = strategy.agree(self.stop_after_epoch is not None and self.stop_after_epoch.is_set())
-        if (stopping or after_epoch) and epoch.epoch < run.setup.config.total_epochs:
+        if (stopping or after_epoch) and epoch.epoch < sum(run.state.stage_epochs):
             reason = "stop requested" if stopping else "stopped after epoch"
             yield self._stopped(run, run.session.last_path(), epoch.epoch, reason)
 
@@ -243,6 +284,7 @@ def default_hooks(setup: Setup, stop: threading.Event | None, stop_after_epoch: 
         NonFiniteGuard(config.max_nonfinite),
         BatchReporter(emit_interval),
         UnreadableLog(),
+        EarlyStopping(config.patience),
         PeriodicCheckpoint(config.checkpoint_every),
         EpochCheckpoint(),
         StopRequests(stop, stop_after_epoch),

@@ -21,12 +21,14 @@ from torch import nn
 from core import events as ev
 from core.data.loaders import to_device
 from core.device import autocast, device_name, is_out_of_memory
+from core.config import KEEPS_LAST_ON_TEST
 from core.errors import DataError, out_of_memory
 from core.models.build import count_params
-from core.models.freeze import freeze, train_mode, trainable_parameters
+from core.models.freeze import freeze, param_groups, train_mode
+from core.runs.checkpoint import load_model_state
 from core.training.features import ExtractionStopped
 from core.training.hooks import Run
-from core.training.pipeline import Pipeline, make_pipeline
+from core.training.pipeline import Pipeline, pipeline_steps
 from core.training.plan import Stage
 from core.training.schedule import current_lr, make_optimizer, make_scheduler, step_scheduler
 from core.training.state import EpochState, StageRun
@@ -72,15 +74,16 @@ def opening(run: Run) -> Iterator[ev.Event]:
 
 def train_stage(run: Run, index: int, stage: Stage) -> Iterator[ev.Event]:
     """Freeze for the stage's mode, make its optimiser, schedule and pipeline, and train its epochs."""
-    setup, config = run.setup, run.setup.config
+    setup, config, state = run.setup, run.setup.config, run.state
     freeze(setup.model, setup.info, stage.mode, config.unfreeze_stages)
-    params = trainable_parameters(setup.model)
-    optimizer = make_optimizer(params, config.optimizer, stage.lr, config.momentum, config.weight_decay)
+    groups = param_groups(setup.model, setup.info, stage.lr, config.layer_decay)
+    optimizer = make_optimizer(groups, config.optimizer, stage.lr, config.momentum, config.weight_decay)
     scheduler = make_scheduler(optimizer, stage.scheduler, setup.steps_per_epoch, stage.epochs, config.step_size,
                                config.step_gamma, config.warmup_epochs)
     setup.restore.stage(index, optimizer, scheduler)
+    state.end_stage = False
     try:
-        pipeline = _pipeline(run, stage)
+        pipeline = yield from _pipeline(run, stage)
     except ExtractionStopped:  # nothing of this stage trained: the last checkpoint (if any) is where it resumes
         run.state.stop()
         yield ev.RunStopped(str(run.session.run_dir), run.session.last_path(), run.state.epoch, run.state.step, "stop requested")
@@ -89,20 +92,22 @@ def train_stage(run: Run, index: int, stage: Stage) -> Iterator[ev.Event]:
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing, reduction="none")
     current = StageRun(index, stage, optimizer, scheduler, pipeline, forward, criterion)
     yield ev.MessageLogged("info", f"stage {stage.name}: {pipeline.kind} data path")
-    first_epoch = sum(s.epochs for s in setup.stages[:index]) + 1
-    yield ev.StageStarted(stage.name, first_epoch, stage.epochs, stage.lr, sum(p.numel() for p in params))
+    trains_backbone = stage.mode != "linear-probe"
+    rates = tuple((g["name"], g["lr"]) for g in groups) if len(groups) > 1 else ()
+    yield ev.StageStarted(stage.name, state.epochs_before(index) + 1, stage.epochs, stage.lr,
+                          sum(p.numel() for g in groups for p in g["params"]), stage.bn if trains_backbone else "", rates)
     yield from run.each("on_stage_start", current)
     setup.restore.rng(index)  # last, so nothing between the checkpoint and the next batch draws from the RNGs
-    setup.strategy.reseed(config.seed, run.state.step)
+    setup.strategy.reseed(config.seed, state.step)
     for _ in range(setup.restore.epochs_done(index), stage.epochs):
         yield from train_epoch(run, current)
-        if run.state.should_stop:
+        if state.should_stop or state.end_stage:
             return
 
 
-def _pipeline(run: Run, stage: Stage) -> Pipeline:
+def _pipeline(run: Run, stage: Stage) -> Iterator[ev.Event]:
     setup, config = run.setup, run.setup.config
-    return make_pipeline(
+    return pipeline_steps(
         cache=setup.cache, model=setup.model, forward=setup.forward, info=setup.info, stage_mode=stage.mode,
         augment=stage.augment, batch_size=setup.global_batch, seed=config.seed, workers=setup.workers,
         channels_last=config.channels_last, amp=config.amp, cache_features=config.cache_features, sampler=setup.sampler,
@@ -136,7 +141,7 @@ def train_epoch(run: Run, current: StageRun) -> Iterator[ev.Event]:
     setup.sampler.set_epoch(state.epoch, skip * setup.strategy.shard.local_batch(setup.global_batch))
     yield ev.EpochStarted(state.epoch, setup.config.total_epochs, current.stage.name, len(current.pipeline))
     epoch = _epoch_state(run, current, skip)
-    train_mode(setup.forward)
+    train_mode(setup.forward, frozen_bn=current.stage.bn == "frozen")
     batches = current.pipeline.epoch_batches(state.epoch, setup.sampler.order(), skip)
     fetch_start = time.perf_counter()
     for epoch.batch, (images, labels) in enumerate(batches, skip + 1):
@@ -210,8 +215,9 @@ def end_epoch(run: Run, current: StageRun, epoch: EpochState) -> Iterator[ev.Eve
             raise
         raise out_of_memory(str(setup.device), int(setup.config.batch_size), f"validating after epoch {epoch.epoch}") from None
     improved = val["top1"] > state.best
-    state.best = max(state.best, val["top1"])
     state.val = {"top1": val["top1"], "loss": val["loss"]}
+    if improved:
+        state.best, state.best_epoch, state.best_val = val["top1"], epoch.epoch, dict(state.val)
     yield ev.EpochEnded(
         epoch.epoch, setup.config.total_epochs, current.stage.name, loss_sum.item() / max(1, seen),
         correct.item() / max(1, seen), val["loss"], val["top1"], epoch.lr, time.perf_counter() - epoch.started,
@@ -222,15 +228,35 @@ def end_epoch(run: Run, current: StageRun, epoch: EpochState) -> Iterator[ev.Eve
 
 
 def finish(run: Run) -> Iterator[ev.Event]:
-    """Save the final model as a bundle and yield ``RunFinished``."""
+    """Save the kept model (``--keep``: the best or the last epoch's) as a bundle and yield ``RunFinished``."""
     setup, state, config = run.setup, run.state, run.setup.config
+    kept, val, line = _kept(run)
+    if line:
+        yield ev.MessageLogged("info", line)
     meta = {
-        "run": run.session.run_dir.name, "val_accuracy": state.val["top1"], "dataset": config.dataset, "amp": config.amp,
+        "run": run.session.run_dir.name, "val_accuracy": val["top1"], "dataset": config.dataset, "amp": config.amp,
         "batch_size": config.batch_size, "command_line": config.command_line(),
         "global_batch_size": setup.global_batch, "workers": setup.strategy.world,
+        "kept_epoch": kept, "kept": config.keep if setup.splits.val_source != "test" else "last",
     }
     bundle = run.session.save_bundle(setup.model, setup.info.arch(), setup.splits.class_names, setup.pre, meta)
     yield ev.CheckpointSaved(str(bundle), state.epoch, state.step, "bundle")
     state.outcome = "finished"
-    yield ev.RunFinished(str(run.session.run_dir), str(bundle), state.val["top1"], state.val["loss"], state.best,
-                         state.epoch, time.time() - state.started)
+    yield ev.RunFinished(str(run.session.run_dir), str(bundle), val["top1"], val["loss"], state.best, state.epoch,
+                         time.time() - state.started, kept, meta["kept"], state.ended_early)
+
+
+def _kept(run: Run) -> tuple[int, dict[str, float], str]:
+    """(the epoch the bundle keeps, its validation figures, a run-log line), loading the best weights if needed."""
+    setup, state, config = run.setup, run.state, run.setup.config
+    if setup.splits.val_source == "test":
+        note = "" if config.keep == "last" else KEEPS_LAST_ON_TEST
+        return state.epoch, state.val, note
+    if config.keep == "last" or state.best_epoch in (0, state.epoch):
+        return state.epoch, state.val, f"keeping epoch {state.epoch} (--keep {config.keep}): val_acc {state.val['top1']:.2%}"
+    tensors = run.session.best_weights()
+    if tensors is not None:
+        load_model_state(setup.model, tensors)
+    return state.best_epoch, state.best_val, (
+        f"keeping epoch {state.best_epoch}, the best on held-out validation (val_acc {state.best:.2%}; the last epoch, "
+        f"{state.epoch}, scored {state.val['top1']:.2%}); --keep last keeps the last")

@@ -23,12 +23,14 @@ back, so every rank holds the whole feature cache.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 import torch
 from torch import nn
 
+from core import events as ev
 from core.data import fastdata, safedata
 from core.data.loaders import make_loader
 from core.data.sampler import Shard
@@ -36,7 +38,7 @@ from core.data.transforms import Preprocessing, train_transform
 from core.device import channels_last_ok
 from core.errors import ConfigError
 from core.models.info import ModelInfo
-from core.training.features import FeatureBatches, extract, head_block, trunk_features
+from core.training.features import FeatureBatches, extract_steps, head_block, trunk_features
 
 
 class FrozenTrunk(nn.Module):
@@ -146,6 +148,25 @@ def recorded_paths(meta: dict[str, Any] | None) -> dict[str, str]:
     return dict(record)
 
 
+def _progress(steps: Generator[int, None, Any], split: str, total: int, mine: int,
+              interval: float) -> Generator[ev.ExtractionProgressed, None, Any]:
+    """``ExtractionProgressed`` for an extraction's steps (this rank's share, scaled to the split); returns its value."""
+    started = last = time.perf_counter()
+    yield ev.ExtractionProgressed(split, 0, total, 0.0, 0.0)  # eta unknown until a batch is done
+    while True:
+        try:
+            done = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        now = time.perf_counter()
+        if now - last >= interval or done >= mine:
+            seconds = now - started
+            scaled = min(total, round(done * total / max(1, mine)))
+            eta = seconds / max(1, done) * (mine - done)
+            yield ev.ExtractionProgressed(split, scaled, total, seconds, eta)
+            last = now
+
+
 @dataclass
 class Pipeline:
     """A stage's batch source per epoch, validation batches and the module to call."""
@@ -164,7 +185,17 @@ def _natural(n: int) -> list[int]:
     return list(range(n))
 
 
-def make_pipeline(
+def make_pipeline(**options: Any) -> Pipeline:
+    """``pipeline_steps`` without its progress events (for callers that show none)."""
+    steps = pipeline_steps(**options)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def pipeline_steps(
     *,
     cache: DataCache,
     model: nn.Module,
@@ -182,10 +213,12 @@ def make_pipeline(
     stop: threading.Event | None = None,
     shard: Shard | None = None,
     gather: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-) -> Pipeline:
-    """The pipeline for one stage (see the module docstring)."""
-    device = cache.device
-    splits = cache.splits
+    interval: float = 0.1,
+) -> Generator[ev.ExtractionProgressed, None, Pipeline]:
+    """The pipeline for one stage (see the module docstring), returned once made; feature
+    extraction yields ``ExtractionProgressed`` every ``interval`` seconds and at each split's
+    end, and a stop during it raises ``ExtractionStopped``."""
+    device, splits = cache.device, cache.splits
     steps = -(-sampler.usable // batch_size)
     shard = shard or Shard()
     local = shard.local_batch(batch_size)  # what one rank computes per step
@@ -223,7 +256,9 @@ def make_pipeline(
         for split in ("train", "val"):
             if split not in cache.features:
                 n = len(getattr(splits, split))
-                feats, labels = extract(model, block, image_batches(split, shard.of(_natural(n)), "none", None, 0), device, amp, stop)
+                mine = shard.of(_natural(n))
+                extraction = extract_steps(model, block, image_batches(split, mine, "none", None, 0), device, amp, stop)
+                feats, labels = yield from _progress(extraction, split, n, len(mine), interval)
                 cache.features[split] = FeatureBatches(gather(feats, n), gather(labels, n)) if gather else FeatureBatches(feats, labels)
         train_feats, val_feats = cache.features["train"], cache.features["val"]
         return Pipeline(

@@ -27,6 +27,7 @@ class Stage:
     lr: float
     augment: str
     scheduler: str
+    bn: str = "frozen"  # BatchNorm while this stage trains: frozen (inference mode) or train
 
 
 def plan_stages(config: RunConfig) -> list[Stage]:
@@ -36,10 +37,10 @@ def plan_stages(config: RunConfig) -> list[Stage]:
         assert config.probe_lr is not None
         return [
             Stage("probe", "linear-probe", config.probe_epochs, config.probe_lr, "none", "none"),
-            Stage("finetune", "finetune", config.epochs, config.lr, config.augment, config.scheduler),
+            Stage("finetune", "finetune", config.epochs, config.lr, config.augment, config.scheduler, config.bn),
         ]
     name = {"linear-probe": "probe", "finetune": "finetune", "partial": "partial"}[config.mode]
-    return [Stage(name, config.mode, config.epochs, config.lr, config.augment, config.scheduler)]
+    return [Stage(name, config.mode, config.epochs, config.lr, config.augment, config.scheduler, config.bn)]
 
 
 

@@ -59,7 +59,8 @@ class Restore:
 
     def __init__(self, point: ResumePoint | None, stage_epochs: list[int]) -> None:
         self.point = point
-        self.start = start_point(stage_epochs, point.position if point is not None else None)
+        self.stage_epochs = _stage_epochs(stage_epochs, point.meta if point is not None else {})
+        self.start = start_point(self.stage_epochs, point.position if point is not None else None)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -68,11 +69,16 @@ class Restore:
 
     def run_state(self, state: RunState) -> None:
         """The step, best accuracy, skip count, last checkpoint and last validation, as the checkpoint left them."""
+        state.stage_epochs = list(self.stage_epochs)
         if self.point is None:
             return
         position = self.point.position
         state.step = state.first_step = position.step
         state.best = position.best_val_accuracy
+        state.best_epoch = int(self.point.meta.get("best_epoch", 0))
+        best_val = self.point.meta.get("best_val")
+        if isinstance(best_val, dict):
+            state.best_val = dict(best_val)
         state.nonfinite = position.nonfinite_skipped
         state.epoch = self.start.epochs_done
         state.last_checkpoint = f"{self.point.checkpoint} (epoch {position.epoch}, step {position.step})"
@@ -101,6 +107,13 @@ class Restore:
         if self.point is not None and self.resumes(stage_index):
             restore_rng(self.point.meta, self.point.tensors)
 
+    def patience(self, stage_index: int) -> tuple[float, int] | None:
+        """``--patience``'s (stage best, epochs since it improved) when resuming inside that stage."""
+        saved = self.meta.get("patience")
+        if not self.resumes(stage_index) or not self.start.same_stage or not isinstance(saved, dict):
+            return None
+        return float(saved.get("stage_best", -1.0)), int(saved.get("stale", 0))
+
     def epochs_done(self, stage_index: int) -> int:
         """Epochs of the stage already trained."""
         return self.start.epochs_in_stage if self.resumes(stage_index) else 0
@@ -115,3 +128,14 @@ class Restore:
             return 0.0, 0, 0
         position = self.point.position
         return position.loss_sum, position.correct, position.seen
+
+
+def _stage_epochs(planned: list[int], meta: dict[str, Any]) -> list[int]:
+    """Each stage's epochs: as planned, or as the checkpoint records once ``--patience`` ended one early."""
+    saved = meta.get("stage_epochs")
+    if saved is None:
+        return list(planned)
+    if (not isinstance(saved, list) or len(saved) != len(planned)
+            or any(not isinstance(n, int) or not 0 < n <= p for n, p in zip(saved, planned))):
+        raise ConfigError(f"checkpoint stage_epochs {saved!r} does not fit this run's stages; the checkpoint is damaged")
+    return list(saved)

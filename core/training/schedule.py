@@ -17,9 +17,10 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 
 def make_optimizer(
-    params: list[nn.Parameter], name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+    params: list[nn.Parameter] | list[dict[str, Any]], name: str, lr: float, momentum: float = 0.9,
+    weight_decay: float = 0.0,
 ) -> torch.optim.Optimizer:
-    """SGD with momentum (the notebook's) or AdamW."""
+    """SGD with momentum (the notebook's) or AdamW, over parameters or parameter groups (each with its own lr)."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from core import events as ev
@@ -22,7 +23,7 @@ from core.config import RunConfig
 from core.data.transforms import Preprocessing
 from core.errors import ConfigError, write_failed
 from core.runs.bundle import save_bundle
-from core.runs.checkpoint import Position, copy_checkpoint, save_checkpoint
+from core.runs.checkpoint import Position, copy_checkpoint, read_checkpoint, save_checkpoint
 from core.runs.lock import RunLock
 from core.runs.resumption import BEST, LAST
 from core.runs.store import MetricsWriter, create_run_dir, read_status, write_json
@@ -86,6 +87,10 @@ class RunSession:
         """Copy checkpoint-last to checkpoint-best (the epoch just saved improved on every earlier one)."""
         copy_checkpoint(self.run_dir / LAST, self.run_dir / BEST)
 
+    def best_weights(self) -> dict[str, torch.Tensor] | None:
+        """The model tensors of checkpoint-best (what ``--keep best`` puts in the bundle)."""
+        return read_checkpoint(self.run_dir / BEST)[1]
+
     def last_path(self) -> str:
         """checkpoint-last's json path, or '' when no checkpoint was written yet."""
         last = (self.run_dir / LAST).with_suffix(".json")
@@ -128,6 +133,10 @@ class NullSession(RunSession):
 
     def keep_best(self) -> None:
         """Rank 0 keeps it."""
+
+    def best_weights(self) -> dict[str, torch.Tensor] | None:
+        """Rank 0 writes the bundle: nothing to load here."""
+        return None
 
     def save_bundle(self, model: nn.Module, arch: dict[str, Any], class_names: list[str], pre: Preprocessing,
                     meta: dict[str, Any]) -> Path:

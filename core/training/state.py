@@ -35,6 +35,17 @@ class RunState:
     started: float = field(default_factory=time.time)
     outcome: str = "failed"  # finished | stopped | interrupted | failed, for status.json
     should_stop: bool = False  # a hook ended the run cleanly (RunStopped was yielded)
+    best_epoch: int = 0  # the epoch that scored ``best`` (what --keep best keeps)
+    best_val: dict[str, Any] = field(default_factory=lambda: {"top1": 0.0, "loss": float("nan")})  # its validation
+    stage_epochs: list[int] = field(default_factory=list)  # epochs of each stage: planned, or fewer once it ended early
+    end_stage: bool = False  # a hook ended the current stage after this epoch (--patience)
+    ended_early: str = ""  # why the run finished before its planned epochs, for RunFinished
+    stage_best: float = -1.0  # --patience: the best validation top-1 of the current stage
+    stale: int = 0  # --patience: epochs of the current stage since it last improved
+
+    def epochs_before(self, stage_index: int) -> int:
+        """Epochs of the run before stage ``stage_index`` starts."""
+        return sum(self.stage_epochs[:stage_index])
 
     def stop(self) -> None:
         """End the run at the loop's next boundary, as stopped."""

@@ -50,14 +50,14 @@ async def test_demo_run_from_set_up_to_evaluation_and_classification(tmp_path: P
         run_dir = Path(training.run_dir)
         assert (run_dir / "model.json").is_file() and run_dir.parent == Path("runs")
         assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
-        assert len(training.losses) == 13  # 800 demo images / 64 per batch, every loss shown
+        assert len(training.losses) == 12  # 720 demo training images (80 held out) / 64 per batch, every loss shown
         reported = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         val_accuracy = next(r["val_accuracy"] for r in reported if r["event"] == "run_finished")
 
         await pilot.press("v")  # evaluate the run just trained
         await wait_for(pilot, lambda: isinstance(app.screen, EvaluateScreen) and app.screen.result is not None, timeout=120)
         result = app.screen.result
-        assert result.split == "validation" and result.images == 200
+        assert result.split == "validation" and result.images == 80
         assert abs(result.top1 - val_accuracy) < 1e-6  # the bundle reproduces the run's own figure
 
         await app.open_classify(str(run_dir))
@@ -134,4 +134,4 @@ async def test_a_run_stopped_after_an_epoch_resumes_from_the_runs_screen(tmp_pat
         epochs = [r["epoch"] for r in records if r["event"] == "epoch_ended"]
         stopped_at = next(r["epoch"] for r in records if r["event"] == "run_stopped")
         assert stopped_at == 1 and epochs == [1, 2, 3]  # each epoch once, none lost or repeated
-        assert len(starts) == 2 and starts[1]["start_step"] == 13  # went on where it stopped
+        assert len(starts) == 2 and starts[1]["start_step"] == 12  # went on where it stopped

@@ -30,7 +30,9 @@ def shape(events: Iterable[Any]) -> list[str]:
             name += f"({event.stage})"
         elif isinstance(event, ev.RunStopped):
             name += f"({event.reason})"
-        if name == "BatchEnded" and out and out[-1] == name:
+        elif isinstance(event, ev.ExtractionProgressed):
+            name += f"({event.split})"
+        if name.startswith(("BatchEnded", "ExtractionProgressed")) and out and out[-1] == name:
             continue
         out.append(name)
     return out

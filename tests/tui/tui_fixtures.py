@@ -62,6 +62,9 @@ class ScriptedEngine:
                             stages=tuple((name, epochs) for name, epochs, _ in stages))
         step, epoch, checkpoint = 0, 0, f"{run_dir}/checkpoint-last.json"
         for stage, epochs, lr in stages:
+            if stage == "probe":  # a cached-feature probe extracts its features first, as the real engine does
+                for split, n in (("train", 800), ("val", 200)):
+                    yield from (ev.ExtractionProgressed(split, done, n, done / 400, (n - done) / 400) for done in (0, n // 2, n))
             # As the real engine says which data path a stage takes (cached features for a probe).
             yield ev.MessageLogged("info", f"stage {stage}: {'features' if stage == 'probe' else 'device'} data path")
             yield ev.StageStarted(stage, epoch + 1, epochs, lr, 5_130 if stage == "probe" else 11_181_642)
@@ -87,8 +90,17 @@ class ScriptedEngine:
                     yield ev.RunStopped(run_dir, checkpoint, epoch, step, "stopped after epoch")
                     return
         bundle = f"{run_dir}/model.json"
+        # As the real engine says which epoch the bundle keeps (its accuracy only rises: the last).
+        from core.config import KEEPS_LAST_ON_TEST
+
+        if config.val_split <= 0:
+            if config.keep == "best":
+                yield ev.MessageLogged("info", KEEPS_LAST_ON_TEST)
+        else:
+            yield ev.MessageLogged("info", f"keeping epoch {epoch} (--keep {config.keep}): val_acc {1.0 - loss_at(step) / 3:.2%}")
         yield ev.CheckpointSaved(bundle, epoch, step, "bundle")
-        yield ev.RunFinished(run_dir, bundle, 1.0 - loss_at(step) / 3, loss_at(step) + 0.1, 1.0 - loss_at(step) / 3, epoch, 19.5)
+        yield ev.RunFinished(run_dir, bundle, 1.0 - loss_at(step) / 3, loss_at(step) + 0.1, 1.0 - loss_at(step) / 3, epoch, 19.5,
+                             epoch, config.keep)
 
     @staticmethod
     def _hold(*events: threading.Event | None) -> None:

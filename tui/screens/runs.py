@@ -117,7 +117,7 @@ class RunsScreen(Screen[None]):
         self.runs = runs
         rows = [
             (self._mark(r), r.name, r.status, _pct(r.val_accuracy), f"{r.epochs_done}/{r.epochs}",
-             r.mode, r.backbone, r.dataset, _pct(r.best_val_accuracy), "yes" if r.has_bundle else "-")
+             r.mode, r.backbone, r.dataset, _pct(r.best_val_accuracy), r.model)
             for r in runs
         ]
         # Widths measured here: rows that arrive after the first paint would otherwise be drawn

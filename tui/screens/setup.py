@@ -39,6 +39,18 @@ def _positive(value: str) -> bool:
         return False
 
 
+def _fraction(value: str) -> bool:
+    try:
+        return 0 < float(value) <= 1
+    except ValueError:
+        return False
+
+
+# The menus, by id (the RunConfig field of the same name).
+CHOICES = ("dataset", "backbone", "mode", "augment", "scheduler", "optimizer", "bn", "keep", "device")
+FLOATS = ("lr", "layer_decay")  # number boxes holding a float; the others hold whole numbers
+
+
 # (id, label, RunConfig field, validators, placeholder)
 NUMBERS: tuple[tuple[str, str, str, list[Any], str], ...] = (
     ("epochs", "epochs", "epochs", [Integer(minimum=1, failure_description="epochs must be a whole number of at least 1")], ""),
@@ -47,6 +59,8 @@ NUMBERS: tuple[tuple[str, str, str, list[Any], str], ...] = (
     ("image-size", "image size", "image_size", [Integer(minimum=16, failure_description="image size must be a whole number of at least 16")], ""),
     ("seed", "seed", "seed", [Integer(failure_description="seed must be a whole number")], ""),
     ("probe-epochs", "probe epochs", "probe_epochs", [Integer(minimum=1, failure_description="probe epochs must be a whole number of at least 1")], ""),
+    ("patience", "patience", "patience", [Integer(minimum=0, failure_description="patience must be a whole number of epochs, 0 for never")], ""),
+    ("layer-decay", "layer decay", "layer_decay", [Function(_fraction, "layer decay must be a number in (0, 1], e.g. 0.7; 1 is off")], ""),
 )
 
 
@@ -78,6 +92,8 @@ class SetupScreen(Screen[None]):
             yield ChoiceField("augmentation", registry.AUGMENTATIONS, value=None, blank="mode default", id="augment")
             yield ChoiceField("scheduler", registry.SCHEDULERS, value=None, blank="mode default", id="scheduler")
             yield ChoiceField("optimizer", registry.OPTIMIZERS, value=base.optimizer, id="optimizer")
+            yield ChoiceField("batchnorm", registry.BN_POLICIES, value=base.bn, id="bn")
+            yield ChoiceField("keep", registry.KEEP, value=base.keep, id="keep")
             yield ChoiceField("device", registry.DEVICES, value=base.device, id="device")
             with Grid(id="setup-numbers"):
                 for ident, label, field, validators, placeholder in NUMBERS:
@@ -115,7 +131,7 @@ class SetupScreen(Screen[None]):
             if result is not None and not result.is_valid:
                 return None, result.failure_descriptions[0]
         values: dict[str, Any] = {}
-        for ident in ("dataset", "backbone", "mode", "augment", "scheduler", "optimizer", "device"):
+        for ident in CHOICES:
             value = self.field(ident).value
             if value is None and ident not in ("augment", "scheduler"):
                 return None, f"choose a {ident}"
@@ -126,8 +142,11 @@ class SetupScreen(Screen[None]):
             return None, "weights: type the path of a .safetensors file or a state dict"
         for ident, _, field, _, _ in NUMBERS:
             text = self.query_one(f"#{ident}", Input).value.strip()
-            if field == "lr":
-                values[field] = float(text) if text else None
+            if field in FLOATS:
+                if text:
+                    values[field] = float(text)
+                elif field == "lr":
+                    values[field] = None
             elif text:
                 values[field] = int(text)
         name = self.query_one("#run-name", Input).value.strip()
@@ -177,7 +196,7 @@ class SetupScreen(Screen[None]):
 
     def load_config(self, config: RunConfig) -> None:
         """Fill the form from ``config`` (a past run's settings)."""
-        for ident in ("dataset", "backbone", "mode", "augment", "scheduler", "optimizer", "device"):
+        for ident in CHOICES:
             self.field(ident).set_value(getattr(config, ident))
         weights = config.weights
         self.field("weights").set_value(weights if registry.find(registry.WEIGHTS, weights) else "file:" + weights)

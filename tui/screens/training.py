@@ -172,6 +172,8 @@ class TrainingScreen(JobScreen):
                 self._run_started(event)
             case ev.StageStarted():
                 self.stage = event.stage
+            case ev.ExtractionProgressed():
+                self._extraction(event)
             case ev.EpochStarted():
                 self.epoch, self.total_epochs, self.stage = event.epoch, event.total_epochs, event.stage
                 self.query_one("#batch-progress", ProgressBar).update(total=event.batches, progress=0)
@@ -183,7 +185,9 @@ class TrainingScreen(JobScreen):
                 self.outcome = describe(event) or "stopped"
                 self.state = "stopped"
             case ev.RunFinished():
-                self.outcome = f"finished: val acc {100 * event.val_accuracy:.2f}% (best {100 * event.best_val_accuracy:.2f}%); model {event.bundle}"
+                why = f"ended early ({event.reason})" if event.reason else "finished"
+                self.outcome = (f"{why}: val acc {100 * event.val_accuracy:.2f}% (kept the {event.kept} epoch, "
+                                f"{event.kept_epoch or event.epochs}); model {event.bundle}")
                 self.state = "finished"
 
     def _run_started(self, event: ev.RunStarted) -> None:
@@ -198,6 +202,15 @@ class TrainingScreen(JobScreen):
         self.query_one("#run-progress", ProgressBar).update(total=event.total_steps, progress=event.start_step)
         self._show_memory()
         self._show_title()  # the state is unchanged, but now there is a run folder and a device to name
+
+    def _extraction(self, event: ev.ExtractionProgressed) -> None:
+        """A cached-feature probe's first pass: the batch bar shows it, with its ETA."""
+        self.query_one("#batch-progress", ProgressBar).update(total=max(1, event.total), progress=event.done)
+        eta = "done" if event.done >= event.total else f"ETA {format_seconds(event.eta)}"
+        self.query_one("#batch-count", Label).update(f"{event.done}/{event.total} {eta}")
+        self.query_one("#speed", Static).update(
+            f"extracting the frozen backbone's features: {event.split} images, once, before the first epoch"
+        )
 
     def _epoch_ended(self, event: ev.EpochEnded) -> None:
         table = self.query_one("#epoch-table", DataTable)
