@@ -8,7 +8,7 @@ time side by side, with each recipe's time as a ratio of the first. The table go
 bench/RESULTS.md (its own section, replaced when this runs again).
 
     python bench/recipes.py                       # the default table
-    python bench/recipes.py --only ptf-frozen     # one recipe
+    python bench/recipes.py --only ptf-default    # one recipe
     python bench/recipes.py --size 64 --probe-epochs 3 --epochs 2
 
 Every recipe shares: --dataset imagefolder:../shared/data/cifar10-jpg --val-split 0.1 (500
@@ -37,15 +37,20 @@ DATA = SHARED / "data" / "cifar10-jpg"
 WEIGHTS = SHARED / "models" / "tf_efficientnet_lite0.in1k.safetensors"
 
 # name -> (what it is, the options that differ from the shared ones)
+NOTEBOOK_RATES = ["--probe-lr", "1e-3", "--lr", "5e-4", "--scheduler", "step"]  # the defaults before #9
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "probe": ("linear probe, probe epochs + epochs", ["--mode", "linear-probe", "--epochs", "{total}"]),
-    "ptf-train": ("probe-then-finetune, --bn train (before #9)", ["--mode", "probe-then-finetune", "--bn", "train", "--keep", "last"]),
-    "ptf-frozen": ("probe-then-finetune, --bn frozen", ["--mode", "probe-then-finetune", "--bn", "frozen", "--keep", "last"]),
-    "ptf-default": ("probe-then-finetune, all defaults", ["--mode", "probe-then-finetune"]),
-    "ptf-frozen-ld": ("probe-then-finetune, --bn frozen --layer-decay 0.7", ["--mode", "probe-then-finetune", "--bn", "frozen", "--layer-decay", "0.7"]),
+    "ptf-notebook-train": ("probe-then-finetune as before #9: notebook rates, --bn train, --keep last",
+                           ["--mode", "probe-then-finetune", "--bn", "train", "--keep", "last", *NOTEBOOK_RATES]),
+    "ptf-notebook-frozen": ("probe-then-finetune, notebook rates, --bn frozen",
+                            ["--mode", "probe-then-finetune", "--bn", "frozen", *NOTEBOOK_RATES]),
+    "ptf-default-train": ("probe-then-finetune, default rates, --bn train", ["--mode", "probe-then-finetune", "--bn", "train"]),
+    "ptf-default": ("probe-then-finetune, all defaults (--bn auto = frozen, probe 1e-2, cosine 2e-3)",
+                    ["--mode", "probe-then-finetune"]),
+    "ptf-default-ld": ("probe-then-finetune, defaults + --layer-decay 0.7", ["--mode", "probe-then-finetune", "--layer-decay", "0.7"]),
     "finetune-frozen": ("finetune only, --bn frozen", ["--mode", "finetune", "--bn", "frozen", "--epochs", "{total}"]),
 }
-DEFAULT = ["probe", "ptf-train", "ptf-frozen", "ptf-frozen-ld"]
+DEFAULT = ["probe", "ptf-notebook-train", "ptf-notebook-frozen", "ptf-default-train", "ptf-default", "ptf-default-ld"]
 
 
 def run_recipe(name: str, args: argparse.Namespace, runs: Path) -> dict:

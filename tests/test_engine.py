@@ -111,7 +111,7 @@ def test_run_directory_records_the_run(finished_run: FinishedRun) -> None:
 
 
 def test_probe_then_finetune_runs_two_stages(tiny_config: Callable[..., RunConfig]) -> None:
-    events = list(train(tiny_config(mode="probe-then-finetune", probe_epochs=1, epochs=1)))
+    events = list(train(tiny_config(mode="probe-then-finetune", probe_epochs=1, epochs=1, probe_lr=1e-3, lr=5e-4, scheduler="none")))
     # The probe extracts its features first (a train and a val pass), then each stage trains.
     assert shape(events) == [
         "RunStarted", "ExtractionProgressed...", "StageStarted", *EPOCH, "StageStarted", *EPOCH, "CheckpointSaved", "RunFinished",

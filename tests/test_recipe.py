@@ -181,7 +181,7 @@ def test_layer_decay_gives_each_stage_group_its_own_rate(folder: Path, tmp_path:
             seen["model"] = run.setup.model, run.setup.info
             return iter(())
 
-    events = list(train(config(folder, tmp_path / "runs", lr=0.01, layer_decay=0.5), hooks=[Groups()]))
+    events = list(train(config(folder, tmp_path / "runs", lr=0.01, probe_lr=0.003, scheduler="none", layer_decay=0.5), hooks=[Groups()]))
     model, info = seen["model"]
     groups = seen["finetune"]
     assert [lr for _, lr, _ in groups] == pytest.approx([0.01 * 0.5**k for k in range(len(groups))])
@@ -192,7 +192,7 @@ def test_layer_decay_gives_each_stage_group_its_own_rate(folder: Path, tmp_path:
         assert params == {id(p) for n, p in model.named_parameters() if n in stage}
     every = [i for _, _, params in groups for i in params]
     assert len(every) == len(set(every)) == sum(1 for _ in model.parameters())
-    assert seen["probe"] == [("head", 0.001, head)]  # the probe trains the head alone, at its own rate
+    assert seen["probe"] == [("head", 0.003, head)]  # the probe trains the head alone, at its own rate
     started = next(e for e in events if isinstance(e, ev.StageStarted) and e.stage == "finetune")
     assert started.lr_groups == tuple((name, lr) for name, lr, _ in groups)
     assert [b.lr for b in events if isinstance(b, ev.BatchEnded) and b.stage == "finetune"][0] == pytest.approx(0.01)

@@ -117,6 +117,6 @@ def test_unknown_schedule_is_refused() -> None:
 def test_probe_stage_keeps_a_constant_rate_whatever_the_finetune_schedule() -> None:
     stages = plan_stages(RunConfig(mode="probe-then-finetune", scheduler="cosine", probe_epochs=2, epochs=3).resolved())
     assert [(s.name, s.mode, s.epochs, s.lr, s.scheduler, s.augment) for s in stages] == [
-        ("probe", "linear-probe", 2, 1e-3, "none", "none"),
-        ("finetune", "finetune", 3, 5e-4, "cosine", "crop-flip"),
+        ("probe", "linear-probe", 2, 1e-2, "none", "none"),
+        ("finetune", "finetune", 3, 2e-3, "cosine", "crop-flip"),
     ]

@@ -54,7 +54,7 @@ class ScriptedEngine:
         config = config.resolved()
         self.calls.append(config)
         run_dir = f"{config.runs_dir}/{config.name or 'scripted-run'}"
-        stages = [("probe", config.probe_epochs, 1e-3), ("finetune", config.epochs, config.lr or 5e-4)] \
+        stages = [("probe", config.probe_epochs, config.probe_lr), ("finetune", config.epochs, config.lr)] \
             if config.mode == "probe-then-finetune" else [({"linear-probe": "probe"}.get(config.mode, config.mode), config.epochs, config.lr or 1e-3)]
         total = config.total_epochs * self.batches
         yield ev.RunStarted(run_dir, config.to_dict(), config.command_line(), self.device, self.device_name, CLASSES,
