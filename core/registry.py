@@ -31,7 +31,7 @@ BACKBONES: tuple[Choice, ...] = (
     Choice(
         "timm:tf_efficientnet_lite0",
         "EfficientNet-Lite0",
-        "timm EfficientNet-Lite0, 4.7M params; its ImageNet weights ship with tlwork (no download)",
+        "timm EfficientNet-Lite0, 4.7M params; ImageNet weights included",
     ),
 )
 """Built-in backbones. Any timm model is also accepted as ``timm:NAME``."""
@@ -79,7 +79,7 @@ DATASETS: tuple[Choice, ...] = (
 )
 
 WEIGHTS: tuple[Choice, ...] = (
-    Choice("imagenet", "ImageNet", "the backbone's ImageNet-pretrained weights (shipped for EfficientNet-Lite0, else downloaded once)"),
+    Choice("imagenet", "ImageNet", "ImageNet weights: shipped for EfficientNet-Lite0, else downloaded"),
     Choice("none", "Random", "random initialisation (for tests and from-scratch baselines)"),
 )
 """Besides these names, ``--weights`` takes a PATH to a .safetensors file or a state dict."""
