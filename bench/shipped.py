@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from compare import SHARED_DATA, SHARED_WEIGHTS, write_section  # noqa: E402
+from compare import SHARED_DATA, SHARED_WEIGHTS, write_section
 
-from core.models.shipped import shipped_weights  # noqa: E402
+from core.models.shipped import shipped_weights
 
 LITE0 = "timm:tf_efficientnet_lite0"
 QUICK = ["--dataset", "demo", "--image-size", "64", "--device", "cpu"]
@@ -67,8 +67,8 @@ def precision_table(runs_dir: str) -> list[str]:
         *[f"| {label} | {path.stat().st_size / 1e6:.1f} MB | {100 * r['accuracy']:.2f}% | {r['loss']:.4f} | {r['seconds']:.1f} s |"
           for label, path, r in rows],
         "",
-        f"float16 minus float32: accuracy {100 * (b['accuracy'] - a['accuracy']):+.2f} points, "
-        f"validation loss {b['loss'] - a['loss']:+.4f}.",
+        (f"float16 minus float32: accuracy {100 * (b['accuracy'] - a['accuracy']):+.2f} points, "
+         f"validation loss {b['loss'] - a['loss']:+.4f}."),
     ]
     return lines
 
@@ -82,8 +82,8 @@ def quick_start_table(runs_dir: str) -> list[str]:
          ["--mode", "probe-then-finetune", "--normalize", "backbone", "--probe-epochs", "10", "--epochs", "1"]),
     )
     lines = [
-        f"`tlwork run --backbone {LITE0} {' '.join(QUICK)} ...`: 800 training and 200 test images "
-        "(the weights are the shipped ones unless `--weights none`).\n",
+        (f"`tlwork run --backbone {LITE0} {' '.join(QUICK)} ...`: 800 training and 200 test images "
+         "(the weights are the shipped ones unless `--weights none`).\n"),
         "| run | val accuracy | wall time |",
         "|---|---:|---:|",
     ]
@@ -105,8 +105,8 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f} at the start; torch {torch.__version__}"
     text = "\n".join([
         "## Shipped EfficientNet-Lite0 weights: float16 against float32, and the quick start\n",
-        f"Machine: {machine}. Command: `python bench/shipped.py`; every row is one whole `tlwork run` process "
-        "(imports, feature extraction, checkpoints and bundle included).\n",
+        (f"Machine: {machine}. Command: `python bench/shipped.py`; every row is one whole `tlwork run` process "
+         "(imports, feature extraction, checkpoints and bundle included).\n"),
         "### (a) float16 storage costs no accuracy\n",
         *precision,
         "",
