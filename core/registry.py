@@ -115,6 +115,12 @@ DEVICES: tuple[Choice, ...] = (
     Choice("cpu", "CPU", "the processor; slow but always there"),
 )
 
+TRACKERS: tuple[Choice, ...] = (
+    Choice("tensorboard", "TensorBoard", "event files under the run's tensorboard/ folder (pip install 'tlwork[tensorboard]')"),
+    Choice("mlflow", "MLflow", "params, metrics and the bundle in an MLflow run (--mlflow-uri; pip install 'tlwork[mlflow]')"),
+)
+"""Experiment trackers for ``--log`` (repeatable); each is an optional extra, imported only when used."""
+
 
 def names(choices: tuple[Choice, ...]) -> list[str]:
     """The machine names of a registry, in menu order."""

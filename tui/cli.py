@@ -23,7 +23,9 @@ and RNG states, so on the CPU it ends with the same weights, bit for bit, as a r
 never interrupted. Only options that cannot change a healthy run's result may be given
 with ``--resume`` (``--device --workers --checkpoint-every --skip-nonfinite --max-nonfinite
 --strict --runs-dir --json``); any other is refused with exit code 2. A finished run, one
-still training (its lock is held) or one with no checkpoint yet cannot be resumed.
+still training (its lock is held) or one with no checkpoint yet cannot be resumed. The
+trackers (``--log``, ``--mlflow-uri``, ``--mlflow-experiment``) are the run's own too: a
+resumed run logs on into the same TensorBoard folder and the same MLflow run.
 """
 
 from __future__ import annotations
@@ -233,6 +235,18 @@ def run(
         1.0, help="layer-wise rates while the backbone trains: each backbone stage, counted back from the head, "
         "trains at this times the next one's rate (timm's layer decay; 1: one rate for all)"
     ),
+    log: Optional[list[str]] = typer.Option(
+        None, "--log", metavar="TRACKER", help="also log the run to an experiment tracker (repeat for both; each is an "
+        "optional extra, e.g. pip install 'tlwork[trackers]'): " + _choice_help(registry.TRACKERS),
+    ),
+    mlflow_uri: Optional[str] = typer.Option(
+        None, metavar="URI", help="with --log mlflow: the tracking URI (http://HOST:5000, sqlite:///mlflow.db, ...); "
+        "default: MLflow's own (MLFLOW_TRACKING_URI, else its local store)",
+    ),
+    mlflow_experiment: Optional[str] = typer.Option(
+        None, metavar="NAME", help="with --log mlflow: the experiment, created if missing (default: MLflow's, "
+        "MLFLOW_EXPERIMENT_NAME or Default)",
+    ),
     resume: Optional[str] = typer.Option(
         None, "--resume", metavar="RUN",
         help="continue run RUN (a directory, or a name under --runs-dir) from its last checkpoint with its saved settings; "
@@ -262,6 +276,7 @@ def run(
     for key in ("as_json", "resume", "ctx", *launch.LAUNCH_OPTIONS):
         values.pop(key, None)
     values["batch_size"] = _batch_size(batch_size)
+    values["log"] = tuple(log or ())
     spawn = nproc_per_node is not None and not launch.in_worker()  # under torchrun already: be a worker
     if launch.in_worker() and ctx.get_parameter_source("dist_timeout").name != "DEFAULT":  # type: ignore[union-attr]
         os.environ["TLWORK_DIST_TIMEOUT"] = f"{dist_timeout:g}"  # a plain torchrun start: the option still counts
@@ -464,6 +479,9 @@ app.command("classify")(_classify)
 from tui.checkdata_cmd import check_data as _check_data  # noqa: E402 - imports no torch
 
 app.command("check-data")(_check_data)
+from tui.serve_cmd import serve as _serve  # noqa: E402 - imports textual-serve only when it runs
+
+app.command("serve")(_serve)
 
 
 def main() -> None:
