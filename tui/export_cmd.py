@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from core.inference.onnxmodel import DEFAULT_PARITY_IMAGES, DEFAULT_TOLERANCE
+from core.inference.onnxformat import DEFAULT_PARITY_IMAGES, DEFAULT_TOLERANCE
 
 
 def export(

@@ -187,7 +187,7 @@ def classify(
     stop: threading.Event | None = None,
 ) -> Iterator[Event]:
     """Classify ``inputs`` (files and folders) with ``model_ref``, yielding events (see module docstring)."""
-    from core.inference.onnxmodel import is_onnx
+    from core.inference.onnxformat import is_onnx
 
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1 (got {top_k})")

@@ -36,7 +36,7 @@ from core.data.loaders import make_loader
 from core.errors import ConfigError, ExportMismatch, TlworkError
 from core.inference.classifier import Classifier, load_classifier
 from core.inference.evaluate import scored_set
-from core.inference.onnxmodel import (
+from core.inference.onnxformat import (
     DEFAULT_PARITY_IMAGES,
     DEFAULT_TOLERANCE,
     FORMAT,
@@ -46,8 +46,8 @@ from core.inference.onnxmodel import (
     VERSION,
     is_onnx,
     require,
-    session,
 )
+from core.inference.onnxmodel import session
 from core.runs.bundle import read_meta
 from core.runs.store import atomic_write, read_config
 

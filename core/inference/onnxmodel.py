@@ -6,13 +6,12 @@ was made and checked. ``load_onnx`` reads it with onnxruntime alone and returns 
 ``OnnxModel`` whose ``transform`` prepares a PIL image with Pillow and NumPy
 (``core.data.preprocessing.to_array``) and whose ``rank`` turns a batch into top-k labels
 the way ``core.inference.classify`` does for a PyTorch model. Nothing here imports torch,
-torchvision or the ``onnx`` package, so ``tlwork classify --model model.onnx`` starts in
-well under a second or two where a bundle pays seconds for torch's import.
+torchvision or the ``onnx`` package, so ``tlwork classify --model model.onnx`` answers in
+about a second where a bundle pays seconds for torch's import (bench/coldstart.py).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,29 +21,7 @@ import numpy as np
 
 from core.data.preprocessing import Preprocessing, to_array
 from core.errors import ConfigError
-
-FORMAT = "tlwork-onnx"
-VERSION = 1
-METADATA_KEY = "tlwork"
-INPUT = "pixels"
-OUTPUT = "logits"
-INSTALL_HINT = "pip install 'tlwork[export]'"
-DEFAULT_TOLERANCE = 1e-3
-"""Largest logit difference ``tlwork export`` allows between PyTorch and onnxruntime (fp32 on a CPU: ~1e-6)."""
-DEFAULT_PARITY_IMAGES = 64
-
-
-def require(module: str, needed_for: str) -> Any:
-    """``import module``, or a one-line error naming the extra that brings it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"{needed_for} needs the {module} package, which is not installed; install it with {INSTALL_HINT}") from None
-
-
-def is_onnx(ref: str) -> bool:
-    """Whether a model reference names an ONNX file (by its suffix, as users name them)."""
-    return ref.lower().endswith(".onnx")
+from core.inference.onnxformat import FORMAT, METADATA_KEY, require
 
 
 def providers(device: str, available: list[str]) -> list[Any]:
