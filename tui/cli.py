@@ -1,4 +1,5 @@
-"""The headless command line: ``tlwork run``, ``eval``, ``runs``, ``backbones`` (and the app).
+"""The headless command line: ``tlwork run``, ``eval``, ``runs``, ``backbones``, ``classify``,
+``check-data`` and ``export`` (and the app).
 
 Every command is a thin loop over an engine generator, rendered by ``tui.render``. Choices
 and their help come from ``core.registry``, the same lists the Textual menus show. Nothing
@@ -12,8 +13,8 @@ named on stderr; the others were classified); 6 the loss became NaN or infinite 
 stopped; its last good checkpoint is kept); 7 the device ran out of memory (the message
 names the batch size and one to try); 8 a checkpoint or run file could not be written (disk
 full, file-size limit, read-only folder; the previous checkpoint is intact); 9 another
-worker of a data-parallel job failed or stopped answering; 130 a second Ctrl+C ended it at
-once. ``check-data`` exits 3 when some images cannot be read. ``tlwork run --nproc-per-node
+worker of a data-parallel job failed or stopped answering; 10 ``export``'s parity check
+failed (nothing was written); 130 a second Ctrl+C ended it at once. ``check-data`` exits 3 when some images cannot be read. ``tlwork run --nproc-per-node
 N`` (``tui.launch``) exits with the code of the first worker that failed.
 
 Resuming: ``tlwork run --resume RUN`` (a run directory, or a run name under ``--runs-dir``)
@@ -482,6 +483,10 @@ app.command("check-data")(_check_data)
 from tui.serve_cmd import serve as _serve  # noqa: E402 - imports textual-serve only when it runs
 
 app.command("serve")(_serve)
+
+from tui.export_cmd import export as _export  # noqa: E402 - imports torch only when it runs
+
+app.command("export")(_export)
 
 
 def main() -> None:
