@@ -9,6 +9,7 @@ TUI shows as the user changes settings. No torch here.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import re
 import shlex
@@ -103,6 +104,16 @@ class RunConfig:
     patience: int = 0  # end a stage after N epochs without validation improvement; 0: never
     layer_decay: float = 1.0  # each earlier backbone stage trains at this times the next one's lr; 1: off
 
+    # Experiment trackers (issue 15): fed by the events that feed metrics.jsonl; none changes the result.
+    log: tuple[str, ...] = ()  # --log tensorboard / --log mlflow (repeatable): registry.TRACKERS
+    mlflow_uri: str | None = None  # None: MLflow's own default (MLFLOW_TRACKING_URI, else its local store)
+    mlflow_experiment: str | None = None  # None: MLflow's default (MLFLOW_EXPERIMENT_NAME, else "Default")
+
+    def __post_init__(self) -> None:
+        # JSON hands back a list: keep a tuple (the config stays hashable), each tracker once, in order.
+        log = (self.log,) if isinstance(self.log, str) else self.log
+        object.__setattr__(self, "log", tuple(dict.fromkeys(log)))
+
     def resolved(self) -> RunConfig:
         """A copy with every mode default filled in, validated."""
         defaults = MODE_DEFAULTS[self.mode] if self.mode in MODE_DEFAULTS else {}
@@ -168,6 +179,7 @@ class RunConfig:
             raise ConfigError(f"--layer-decay must be in (0, 1] (got {self.layer_decay:g}); try 0.7, or 1 for one rate")
         if self.max_nonfinite < 0:
             raise ConfigError(f"--max-nonfinite must not be negative (got {self.max_nonfinite})")
+        check_trackers(self.log, self.mlflow_uri, self.mlflow_experiment)
 
     @property
     def total_epochs(self) -> int:
@@ -176,7 +188,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
     def to_json(self) -> str:
         """Indented JSON, as written to ``runs/<name>/config.json``."""
@@ -204,6 +216,8 @@ class RunConfig:
             flag = "--" + _flag(f.name)
             if isinstance(value, bool):
                 parts.append(flag if value else "--no-" + _flag(f.name))
+            elif isinstance(value, tuple):  # a repeatable option: --log tensorboard --log mlflow
+                parts += [p for item in value for p in (flag, _format(item))]
             elif value is not None:
                 parts += [flag, _format(value)]
         return " ".join(shlex.quote(p) if p[:1] != "-" else p for p in parts)
@@ -261,6 +275,24 @@ def check_device(device: str) -> None:
     if device in registry.names(registry.DEVICES) or re.fullmatch(r"cuda:\d+", device):
         return
     raise ConfigError(f"unknown --device {device!r}; choose one of: auto, cuda, cuda:N, mps, cpu")
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+"""The module each ``--log`` tracker imports; its extra is ``tlwork[<tracker>]``."""
+
+
+def check_trackers(log: tuple[str, ...], mlflow_uri: str | None, mlflow_experiment: str | None) -> None:
+    """Known trackers whose library is installed; the MLflow options only with ``--log mlflow``."""
+    for tracker in log:
+        _check_choice("log", tracker, registry.TRACKERS)
+        if importlib.util.find_spec(TRACKER_PACKAGES[tracker]) is None:
+            raise ConfigError(f"--log {tracker} needs the {TRACKER_PACKAGES[tracker]} package; "
+                              f"install it with: pip install 'tlwork[{tracker}]'")
+    for name, value in (("mlflow-uri", mlflow_uri), ("mlflow-experiment", mlflow_experiment)):
+        if value is not None and "mlflow" not in log:
+            raise ConfigError(f"--{name} is only used with --log mlflow; add --log mlflow or drop --{name}")
+        if value is not None and not value.strip():
+            raise ConfigError(f"--{name} must not be empty; leave it out for MLflow's default")
 
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

@@ -13,7 +13,9 @@ The families:
   cannot be downloaded or read; the message says what to place where;
 - ``RunFault`` and its kinds (exits 6-9): a run that met a non-finite loss, ran out of
   memory, could not write a file, or lost a data-parallel worker. Each leaves the run's last
-  good checkpoint in place.
+  good checkpoint in place;
+- ``ExportMismatch`` (exit 10): an exported model whose outputs disagree with PyTorch's
+  beyond the tolerance; nothing was written.
 
 ``out_of_memory`` and ``write_failed`` build the faults' messages; ``suggest_batch_size``
 proposes the batch size to try after an out-of-memory.
@@ -35,6 +37,7 @@ EXIT_NONFINITE = 6
 EXIT_OUT_OF_MEMORY = 7
 EXIT_WRITE_FAILED = 8
 EXIT_WORKER_LOST = 9
+EXIT_EXPORT_MISMATCH = 10
 EXIT_INTERRUPTED = 130
 
 
@@ -103,6 +106,13 @@ class WorkerLost(RunFault):
 
     kind = "worker-lost"
     exit_code = EXIT_WORKER_LOST
+
+
+class ExportMismatch(TlworkError):
+    """An exported model disagrees with the PyTorch model beyond the tolerance; no file was written."""
+
+    kind = "mismatch"
+    exit_code = EXIT_EXPORT_MISMATCH
 
 
 def is_user_error(error: BaseException | None) -> bool:

@@ -28,6 +28,11 @@ BACKBONES: tuple[Choice, ...] = (
     Choice("efficientnet_b0", "EfficientNet-B0", "torchvision EfficientNet-B0, 5.3M params, efficient CNN"),
     Choice("mobilenet_v3_large", "MobileNetV3-L", "torchvision MobileNetV3-Large, 5.5M params, fast on CPU"),
     Choice("vit_b_16", "ViT-B/16", "torchvision ViT-Base/16, 86M params; needs --image-size 224"),
+    Choice(
+        "timm:tf_efficientnet_lite0",
+        "EfficientNet-Lite0",
+        "timm EfficientNet-Lite0, 4.7M params; ImageNet weights included",
+    ),
 )
 """Built-in backbones. Any timm model is also accepted as ``timm:NAME``."""
 
@@ -87,7 +92,7 @@ DATASETS: tuple[Choice, ...] = (
 )
 
 WEIGHTS: tuple[Choice, ...] = (
-    Choice("imagenet", "ImageNet", "the backbone's ImageNet-pretrained weights (downloaded once, then cached)"),
+    Choice("imagenet", "ImageNet", "ImageNet weights: shipped for EfficientNet-Lite0, else downloaded"),
     Choice("none", "Random", "random initialisation (for tests and from-scratch baselines)"),
 )
 """Besides these names, ``--weights`` takes a PATH to a .safetensors file or a state dict."""
@@ -109,6 +114,12 @@ DEVICES: tuple[Choice, ...] = (
     Choice("mps", "Apple MPS", "Apple-silicon GPU"),
     Choice("cpu", "CPU", "the processor; slow but always there"),
 )
+
+TRACKERS: tuple[Choice, ...] = (
+    Choice("tensorboard", "TensorBoard", "event files under the run's tensorboard/ folder (pip install 'tlwork[tensorboard]')"),
+    Choice("mlflow", "MLflow", "params, metrics and the bundle in an MLflow run (--mlflow-uri; pip install 'tlwork[mlflow]')"),
+)
+"""Experiment trackers for ``--log`` (repeatable); each is an optional extra, imported only when used."""
 
 
 def names(choices: tuple[Choice, ...]) -> list[str]:

@@ -111,6 +111,16 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
     return FinishedRun(Path(events[-1].run_dir), root / "runs", config, events)
 
 
+@pytest.fixture(scope="session")
+def exported_onnx(finished_run: FinishedRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``finished_run`` exported by ``tlwork export``'s engine (dynamo exporter, parity-checked). Read-only."""
+    from core.inference.export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export_onnx(str(finished_run.run_dir), str(path))
+    return path
+
+
 @pytest.fixture
 def shared_dir() -> Path:
     """../shared (real CIFAR-10 JPEGs, EfficientNet-Lite0 weights); skips the test when absent."""

@@ -23,6 +23,7 @@ from core.errors import ConfigError, WeightsUnavailable
 from core.events import EvaluationEnded
 from core.inference.evaluate import evaluate
 from core.models.build import build_model
+from core.models.shipped import resolve_weights, shipped_weights
 from core.runs.bundle import bundle_dir, load_bundle, read_meta, save_bundle
 
 
@@ -185,16 +186,36 @@ def test_unreadable_or_missing_weight_files_are_clear_errors(tmp_path: Path) -> 
         build_model(TINY_BACKBONE, 3, str(tmp_path / "list.pth"))
 
 
+def test_imagenet_weights_of_the_shipped_backbone_load_offline_upcast_to_float32() -> None:
+    shipped = shipped_weights("timm:tf_efficientnet_lite0")
+    assert shipped is not None and shipped.path.stat().st_size < 10_000_000  # float16: half the 18.8 MB float32 file
+    state = load_file(str(shipped.path))
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    model, info = build_model("timm:tf_efficientnet_lite0", 10, "imagenet")  # no download: this machine has no network
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    backbone_equal(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info.head)
+    assert state[f"{info.head}.weight"].shape[0] == 1000 and model.get_submodule(info.head).out_features == 10
+    assert (info.mean, info.std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_b0", "timm:tf_efficientnet_lite1", "timm:efficientnet_lite0"])
+def test_no_other_backbone_is_given_the_shipped_weights(backbone: str) -> None:
+    assert shipped_weights(backbone) is None
+    assert resolve_weights(backbone, "imagenet") == "imagenet"  # downloaded as before, or a clear error offline
+
+
 @pytest.mark.shared
-def test_the_real_efficientnet_lite0_file_loads_tensor_for_tensor(shared_dir: Path) -> None:
+def test_the_shipped_file_is_the_shared_float32_file_rounded_to_float16(shared_dir: Path) -> None:
+    """Provenance (core/models/pretrained/NOTICE.md): every tensor is the source's, in float16."""
     path = shared_dir / "models" / "tf_efficientnet_lite0.in1k.safetensors"
     if not path.is_file():
         pytest.skip(f"{path} is absent")
-    state = load_file(str(path))
-    model, info = build_model("timm:tf_efficientnet_lite0", 10, str(path))
-    backbone_equal(model, state, info.head)
-    assert state[f"{info.head}.weight"].shape[0] == 1000 and model.get_submodule(info.head).out_features == 10
-    assert (info.mean, info.std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    shipped = shipped_weights("timm:tf_efficientnet_lite0")
+    assert shipped is not None
+    source, stored = load_file(str(path)), load_file(str(shipped.path))
+    assert source.keys() == stored.keys()
+    for key, value in source.items():
+        assert torch.equal(stored[key], value.half() if value.is_floating_point() else value), key
 
 
 def test_bundle_files_are_readable_like_any_file_the_user_writes(finished_run) -> None:

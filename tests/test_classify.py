@@ -183,11 +183,13 @@ def bad_files(tmp_path: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("kind", ["hf", "bundle"])
+@pytest.mark.parametrize("kind", ["hf", "bundle", "onnx"])
 def test_bad_files_are_named_and_the_good_ones_still_classified(
-    kind: str, tiny_vit: Path, finished_run: FinishedRun, bad_files: dict[str, str]
+    kind: str, tiny_vit: Path, finished_run: FinishedRun, bad_files: dict[str, str], request: pytest.FixtureRequest
 ) -> None:
     model, classes = (str(tiny_vit), 10) if kind == "hf" else (str(finished_run.run_dir), 3)
+    if kind == "onnx":  # the same run, exported (only this case pays for the export)
+        model = str(request.getfixturevalue("exported_onnx"))
     good = _demo_images(2)
     inputs = [good[0], *bad_files.values(), good[1]]
     result = runner.invoke(app, ["classify", *inputs, "--model", model, "--json", "--device", "cpu", "--batch-size", "3"])

@@ -216,7 +216,7 @@ class Workbench(App[None]):
         for mode, label in (("setup", "Set-up"), ("training", "Training"), ("evaluate", "Evaluate"), ("classify", "Classify"), ("runs", "Runs")):
             yield SystemCommand(f"Go to {label}", f"Show the {label.lower()} screen", lambda m=mode: self.switch_mode(m))
         setup = self.get_screen("setup")
-        yield SystemCommand("Demo preset", "Set-up: shipped demo images, random weights, 32 px, 1 epoch", self._demo_preset)
+        yield SystemCommand("Demo preset", "Set-up: linear probe of the shipped ImageNet EfficientNet-Lite0 on the demo images, 64 px", self._demo_preset)
         if isinstance(setup, SetupScreen) and setup.is_mounted and setup.config is not None:
             yield SystemCommand("Start run", setup.config.command_line(), lambda: self.start_run(setup.config))  # type: ignore[arg-type]
         training = self.training

@@ -1,4 +1,5 @@
-"""The headless command line: ``tlwork run``, ``eval``, ``runs``, ``backbones`` (and the app).
+"""The headless command line: ``tlwork run``, ``eval``, ``runs``, ``backbones``, ``classify``,
+``check-data`` and ``export`` (and the app).
 
 Every command is a thin loop over an engine generator, rendered by ``tui.render``. Choices
 and their help come from ``core.registry``, the same lists the Textual menus show. Nothing
@@ -12,8 +13,8 @@ named on stderr; the others were classified); 6 the loss became NaN or infinite 
 stopped; its last good checkpoint is kept); 7 the device ran out of memory (the message
 names the batch size and one to try); 8 a checkpoint or run file could not be written (disk
 full, file-size limit, read-only folder; the previous checkpoint is intact); 9 another
-worker of a data-parallel job failed or stopped answering; 130 a second Ctrl+C ended it at
-once. ``check-data`` exits 3 when some images cannot be read. ``tlwork run --nproc-per-node
+worker of a data-parallel job failed or stopped answering; 10 ``export``'s parity check
+failed (nothing was written); 130 a second Ctrl+C ended it at once. ``check-data`` exits 3 when some images cannot be read. ``tlwork run --nproc-per-node
 N`` (``tui.launch``) exits with the code of the first worker that failed.
 
 Resuming: ``tlwork run --resume RUN`` (a run directory, or a run name under ``--runs-dir``)
@@ -23,7 +24,9 @@ and RNG states, so on the CPU it ends with the same weights, bit for bit, as a r
 never interrupted. Only options that cannot change a healthy run's result may be given
 with ``--resume`` (``--device --workers --checkpoint-every --skip-nonfinite --max-nonfinite
 --strict --runs-dir --json``); any other is refused with exit code 2. A finished run, one
-still training (its lock is held) or one with no checkpoint yet cannot be resumed.
+still training (its lock is held) or one with no checkpoint yet cannot be resumed. The
+trackers (``--log``, ``--mlflow-uri``, ``--mlflow-experiment``) are the run's own too: a
+resumed run logs on into the same TensorBoard folder and the same MLflow run.
 """
 
 from __future__ import annotations
@@ -233,6 +236,18 @@ def run(
         1.0, help="layer-wise rates while the backbone trains: each backbone stage, counted back from the head, "
         "trains at this times the next one's rate (timm's layer decay; 1: one rate for all)"
     ),
+    log: Optional[list[str]] = typer.Option(
+        None, "--log", metavar="TRACKER", help="also log the run to an experiment tracker (repeat for both; each is an "
+        "optional extra, e.g. pip install 'tlwork[trackers]'): " + _choice_help(registry.TRACKERS),
+    ),
+    mlflow_uri: Optional[str] = typer.Option(
+        None, metavar="URI", help="with --log mlflow: the tracking URI (http://HOST:5000, sqlite:///mlflow.db, ...); "
+        "default: MLflow's own (MLFLOW_TRACKING_URI, else its local store)",
+    ),
+    mlflow_experiment: Optional[str] = typer.Option(
+        None, metavar="NAME", help="with --log mlflow: the experiment, created if missing (default: MLflow's, "
+        "MLFLOW_EXPERIMENT_NAME or Default)",
+    ),
     resume: Optional[str] = typer.Option(
         None, "--resume", metavar="RUN",
         help="continue run RUN (a directory, or a name under --runs-dir) from its last checkpoint with its saved settings; "
@@ -262,6 +277,7 @@ def run(
     for key in ("as_json", "resume", "ctx", *launch.LAUNCH_OPTIONS):
         values.pop(key, None)
     values["batch_size"] = _batch_size(batch_size)
+    values["log"] = tuple(log or ())
     spawn = nproc_per_node is not None and not launch.in_worker()  # under torchrun already: be a worker
     if launch.in_worker() and ctx.get_parameter_source("dist_timeout").name != "DEFAULT":  # type: ignore[union-attr]
         os.environ["TLWORK_DIST_TIMEOUT"] = f"{dist_timeout:g}"  # a plain torchrun start: the option still counts
@@ -464,6 +480,13 @@ app.command("classify")(_classify)
 from tui.checkdata_cmd import check_data as _check_data  # noqa: E402 - imports no torch
 
 app.command("check-data")(_check_data)
+from tui.serve_cmd import serve as _serve  # noqa: E402 - imports textual-serve only when it runs
+
+app.command("serve")(_serve)
+
+from tui.export_cmd import export as _export  # noqa: E402 - imports torch only when it runs
+
+app.command("export")(_export)
 
 
 def main() -> None:

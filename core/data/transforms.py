@@ -1,38 +1,21 @@
 """Preprocessing and augmentation policies (torchvision.transforms.v2).
 
-``Preprocessing`` is what a bundle stores so evaluation and ``classify`` see exactly what
-training saw: image size, mean, std and interpolation. ``eval_transform`` resizes and
-normalises; ``train_transform`` adds the chosen augmentation first. Augmentations run on
-uint8 tensors at the image's native size where it is known (the notebook crops CIFAR at 32
-with padding 4, then resizes), else after resizing with padding size/8.
+``Preprocessing`` (from the torch-free ``core.data.preprocessing``) is what a bundle stores
+so evaluation and ``classify`` see exactly what training saw: image size, mean, std and
+interpolation. ``eval_transform`` resizes and normalises; ``train_transform`` adds the
+chosen augmentation first. Augmentations run on uint8 tensors at the image's native size
+where it is known (the notebook crops CIFAR at 32 with padding 4, then resizes), else after
+resizing with padding size/8.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Everything between an RGB image and the model's input tensor."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready values for model.json."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        """Inverse of ``to_dict``."""
-        return cls(int(data["size"]), tuple(data["mean"]), tuple(data["std"]), data.get("interpolation", "bilinear"))
+from core.data.preprocessing import Preprocessing
 
 
 def _interp(name: str) -> InterpolationMode:

@@ -6,14 +6,17 @@ image files), loads the model once and classifies the images in batches, yieldin
 ``ImageFailed`` (a one-line reason naming the file) per image in input order, and
 ``ClassificationEnded``. A bad file never stops the others.
 
-``model_ref`` is a run directory or name, a bundle (folder or model.json), ``last``, a
-Hugging Face hub id with or without the ``hf:`` prefix (``owner/name``; a bare name without
-a slash is looked up as a run, so single-word hub ids need ``hf:``), or a local Hugging Face
-folder (one whose config.json describes a transformers model). A bundle decodes and
-preprocesses a file exactly as evaluation does (``core.data.open_rgb`` then
-``eval_transform``), so it predicts what evaluation scored; a Hugging Face model decodes and
-preprocesses as ``pipeline("image-classification")`` does (EXIF orientation applied, the
-model's own image processor), so its top-k matches the pipeline's.
+``model_ref`` is a run directory or name, a bundle (folder or model.json), ``last``, an
+ONNX file that ``tlwork export`` wrote (``*.onnx``), a Hugging Face hub id with or without
+the ``hf:`` prefix (``owner/name``; a bare name without a slash is looked up as a run, so
+single-word hub ids need ``hf:``), or a local Hugging Face folder (one whose config.json
+describes a transformers model). A bundle decodes and preprocesses a file exactly as
+evaluation does (``core.data.open_rgb`` then ``eval_transform``), so it predicts what
+evaluation scored. An ONNX export decodes the same way, preprocesses with Pillow and NumPy
+(``core.data.preprocessing.to_array``) and runs in onnxruntime: neither torch nor
+torchvision is imported. A Hugging Face model decodes and preprocesses as
+``pipeline("image-classification")`` does (EXIF orientation applied, the model's own image
+processor), so its top-k matches the pipeline's.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from core.data.images import image_error, one_line
 from core.errors import ConfigError
@@ -161,6 +165,16 @@ def load_model(model_ref: str, device: Any, runs_dir: str = "runs") -> Any:
 # --- classification -----------------------------------------------------------------------
 
 
+@dataclass
+class _Backend:
+    """What the classification loop needs from a model: batches of decoded files, and their ranking."""
+
+    name: str
+    classes: int
+    batches: Iterable[list[tuple[int, Any, str | None]]]
+    rank: Callable[[list[Any], int], list[tuple[tuple[str, float], ...]]]  # inputs, k -> top-k per input
+
+
 def classify(
     model_ref: str | None,
     inputs: list[str],
@@ -173,6 +187,40 @@ def classify(
     stop: threading.Event | None = None,
 ) -> Iterator[Event]:
     """Classify ``inputs`` (files and folders) with ``model_ref``, yielding events (see module docstring)."""
+    from core.inference.onnxformat import is_onnx
+
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1 (got {top_k})")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
+    files = expand_inputs(list(inputs))
+    ref = model_ref or DEFAULT_MODEL
+    if is_onnx(ref):
+        backend = _onnx_backend(ref, files, batch_size, device)
+    else:
+        backend = _torch_backend(ref, files, batch_size, device, runs_dir, workers)
+    k = min(top_k, backend.classes)
+    start = time.perf_counter()
+    classified = failed = 0
+    yield ClassificationStarted(backend.name, len(files), k)
+    for batch in backend.batches:
+        if stop is not None and stop.is_set():
+            yield ClassificationStopped(backend.name, classified, failed, time.perf_counter() - start)
+            return
+        good = [(i, x) for i, x, err in batch if err is None]
+        ranked = dict(zip((i for i, _ in good), backend.rank([x for _, x in good], k))) if good else {}
+        for i, _, err in batch:
+            if err is None:
+                classified += 1
+                yield ImageClassified(files[i], ranked[i])
+            else:
+                failed += 1
+                yield ImageFailed(files[i], err)
+    yield ClassificationEnded(backend.name, classified, failed, time.perf_counter() - start)
+
+
+def _torch_backend(ref: str, files: list[str], batch_size: int, device: str, runs_dir: str, workers: int | None) -> _Backend:
+    """A run, bundle or Hugging Face model on the device, its files decoded by a DataLoader."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -181,18 +229,12 @@ def classify(
     from core.data.transforms import eval_transform
     from core.device import autocast, configure, pick_device
 
-    if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1 (got {top_k})")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
-    files = expand_inputs(list(inputs))
     dev = pick_device(device)
     configure(dev)
-    clf = load_model(model_ref or DEFAULT_MODEL, dev, runs_dir)
+    clf = load_model(ref, dev, runs_dir)
     hf_model = clf.transform is not None
     transform = clf.transform or eval_transform(clf.preprocessing)
     activation = getattr(clf.model, "activation", "softmax")
-    k = min(top_k, len(clf.class_names))
     processes = _workers(workers, dev, len(files), batch_size)
     loader = DataLoader(
         _Files(files, transform, exif_orientation=hf_model),  # type: ignore[arg-type]
@@ -202,30 +244,25 @@ def classify(
         collate_fn=_as_list,
         **worker_options(processes),  # a stop signal to the process group is the main process's to handle
     )
-    start = time.perf_counter()
-    classified = failed = 0
-    yield ClassificationStarted(clf.name, len(files), k)
-    for batch in loader:
-        if stop is not None and stop.is_set():
-            yield ClassificationStopped(clf.name, classified, failed, time.perf_counter() - start)
-            return
-        good = [(i, t) for i, t, err in batch if err is None]
-        ranked: dict[int, tuple[tuple[str, float], ...]] = {}
-        if good:
-            # Inside the block only: the consumer's code between yields must not run in inference mode.
-            with torch.inference_mode(), autocast(dev, clf.amp):
-                logits = clf.logits(to_device(torch.stack([t for _, t in good]), dev, True)).float()
-                probs = logits.sigmoid() if activation == "sigmoid" else logits.softmax(dim=1)
-                # A stable sort breaks ties by class index, as the pipeline's sorted() does.
-                scores, order = probs.sort(dim=1, descending=True, stable=True)
-                top_scores, top_order = scores[:, :k].cpu().tolist(), order[:, :k].cpu().tolist()
-            for (i, _), row_s, row_o in zip(good, top_scores, top_order):
-                ranked[i] = tuple((clf.class_names[c], float(s)) for c, s in zip(row_o, row_s))
-        for i, _, err in batch:
-            if err is None:
-                classified += 1
-                yield ImageClassified(files[i], ranked[i])
-            else:
-                failed += 1
-                yield ImageFailed(files[i], err)
-    yield ClassificationEnded(clf.name, classified, failed, time.perf_counter() - start)
+
+    def rank(inputs: list[Any], k: int) -> list[tuple[tuple[str, float], ...]]:
+        # Inside the block only: the consumer's code between yields must not run in inference mode.
+        with torch.inference_mode(), autocast(dev, clf.amp):
+            logits = clf.logits(to_device(torch.stack(inputs), dev, True)).float()
+            probs = logits.sigmoid() if activation == "sigmoid" else logits.softmax(dim=1)
+            # A stable sort breaks ties by class index, as the pipeline's sorted() does.
+            scores, order = probs.sort(dim=1, descending=True, stable=True)
+            top_scores, top_order = scores[:, :k].cpu().tolist(), order[:, :k].cpu().tolist()
+        return [tuple((clf.class_names[c], float(s)) for c, s in zip(row_o, row_s)) for row_s, row_o in zip(top_scores, top_order)]
+
+    return _Backend(clf.name, len(clf.class_names), loader, rank)
+
+
+def _onnx_backend(ref: str, files: list[str], batch_size: int, device: str) -> _Backend:
+    """An ONNX export in onnxruntime, its files decoded in this process: no torch anywhere."""
+    from core.inference.onnxmodel import load_onnx
+
+    model = load_onnx(ref, device)
+    items = _Files(files, model.transform, exif_orientation=False)  # decoded as its bundle decodes
+    batches = ([items[i] for i in range(s, min(s + batch_size, len(items)))] for s in range(0, len(items), batch_size))
+    return _Backend(model.name, len(model.class_names), batches, model.rank)

@@ -94,7 +94,7 @@ def evaluate(
     configure(dev)
     clf = load_classifier(ref, dev, runs_dir=runs_dir)
     run_config = read_config(clf.path)
-    data, split, dataset, class_names, native_size = _scored(ref, dataset, data_dir, run_config)
+    data, split, dataset, class_names, native_size = scored_set(ref, dataset, data_dir, run_config)
     label_map = class_mapping(class_names, clf.class_names, dataset)
     bs = batch_size or (run_config.batch_size if run_config and isinstance(run_config.batch_size, int) else 64)
     loader = eval_batches(data, clf.preprocessing, bs, dev, workers, clf.transform, native_size)
@@ -123,7 +123,7 @@ def evaluate(
     )
 
 
-def _scored(ref: str, dataset: str | None, data_dir: str, run_config: RunConfig | None) -> tuple[Images, str, str, list[str], int | None]:
+def scored_set(ref: str, dataset: str | None, data_dir: str, run_config: RunConfig | None) -> tuple[Images, str, str, list[str], int | None]:
     """(images, split name, dataset name, class names, native size) that the evaluation scores.
 
     No dataset: the run's own validation split, exactly as training held it out. A dataset:

@@ -3,9 +3,9 @@
 ``build_model`` makes a torchvision, timm (``timm:NAME``) or Hugging Face (``hf:ID``)
 classifier with a fresh head for the dataset's classes and returns it with a ``ModelInfo``
 that names the head, the trainable stages (for ``partial`` mode) and the backbone's own
-preprocessing. Weights come from ``imagenet`` (downloaded once into the torch or Hugging
-Face cache; a failed download says which file to put where, never falls back to random
-weights), ``none`` or a PATH (safetensors, or a state dict read with ``weights_only=True``);
+preprocessing. Weights come from ``imagenet`` (the file shipped with tlwork for the backbones in
+``shipped.SHIPPED``, otherwise downloaded once into the torch or Hugging Face cache; a failed
+download says which file to put where, never falls back to random weights), ``none`` or a PATH (safetensors, or a state dict read with ``weights_only=True``);
 a head whose shape differs from the new one is dropped.
 """
 
@@ -20,6 +20,7 @@ from torch import nn
 from core.errors import ConfigError, WeightsUnavailable
 from core.models.hub import cache_hint
 from core.models.info import IMAGENET_MEAN, IMAGENET_STD, ModelInfo
+from core.models.shipped import resolve_weights
 from core.models.weights import find_head, load_into, read_state_dict
 
 
@@ -37,7 +38,9 @@ def build_model(
     """A classifier for ``num_classes`` built on ``backbone`` with ``weights`` loaded.
 
     ``class_names`` label the head where the model records them (an ``hf:`` model's id2label).
+    ``imagenet`` for a backbone whose weights ship with tlwork loads that file (``shipped``).
     """
+    weights = resolve_weights(backbone, weights)
     kind, name = parse_backbone(backbone)
     if kind == "timm":
         model, info = _build_timm(name, num_classes, weights)

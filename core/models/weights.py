@@ -40,9 +40,12 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], head: str, source: str) -> bool:
-    """Load ``state`` into ``model``, dropping a head of another shape; other gaps are errors."""
+    """Load ``state`` into ``model``, dropping a head of another shape; other gaps are errors.
+
+    Tensors take the model's dtype: a float16 file (the shipped weights) loads as float32.
+    """
     own = model.state_dict()
-    kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    kept = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in kept and not k.startswith(head + ".")]
     if missing:
         unexpected = [k for k in state if k not in own]

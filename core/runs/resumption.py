@@ -28,7 +28,10 @@ from core.runs.lock import RunLock
 from core.runs.store import read_status
 
 RESUME_OVERRIDES = ("device", "workers", "checkpoint_every", "skip_nonfinite", "max_nonfinite", "strict")
-"""Settings ``--resume`` accepts anew; every other one comes from the run's config.json."""
+"""Settings ``--resume`` accepts anew; every other one comes from the run's config.json.
+
+Not the trackers (``log``, ``mlflow_uri``, ``mlflow_experiment``): they say where the run is
+recorded, so a resumed run logs on into the same TensorBoard folder and MLflow run."""
 
 LAST = "checkpoint-last"
 BEST = "checkpoint-best"
@@ -82,6 +85,10 @@ def check_config_types(data: Any, where: Path) -> None:
         if f.name not in data:
             continue
         value = data[f.name]
+        if str(f.type).startswith("tuple["):  # a repeatable option (--log): a list of strings in JSON
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise ConfigError(f"{where}: {f.name} has a bad value {value!r}; the run's config.json is damaged")
+            continue
         kinds, nullable = _kinds(str(f.type))
         if value is None and nullable:
             continue

@@ -26,6 +26,7 @@ from core.device import channels_last_ok, configure, seed_everything
 from core.errors import ConfigError
 from core.models.build import build_model
 from core.models.info import ModelInfo
+from core.models.shipped import describe_weights, resolve_weights
 from core.runs.checkpoint import load_model_state
 from core.runs.resumption import ResumePoint, check_same_data, saved_preprocessing
 from core.training.batchsize import auto_batch_size
@@ -87,6 +88,8 @@ def build(config: RunConfig, strategy: SingleProcess, resume: ResumePoint | None
     seed_everything(config.seed)
     stages = plan_stages(config)
     restore = Restore(resume, [s.epochs for s in stages])
+    # config.json names the file ``--weights imagenet`` stood for when tlwork ships it.
+    config = dataclasses.replace(config, weights=resolve_weights(config.backbone, config.weights))
     splits, model, info = _data_and_model(config, strategy, restore, build_fn)
     pre = preprocessing_for(config, splits, info) if restore.point is None else saved_preprocessing(restore.meta)
     model.to(device)
@@ -94,6 +97,8 @@ def build(config: RunConfig, strategy: SingleProcess, resume: ResumePoint | None
     if channels_last_ok(device, config.channels_last):
         model.to(memory_format=torch.channels_last)
     config, notes = _batch_size(config, strategy, model, info, stages, device, splits)
+    shipped = describe_weights(config.weights) if restore.point is None else None
+    notes = [shipped, *notes] if shipped else notes
     assert isinstance(config.batch_size, int)
     forward: nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
     workers = default_workers(device) if config.workers is None else config.workers

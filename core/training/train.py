@@ -33,6 +33,7 @@ from core.training.session import NullSession, RunSession
 from core.training.setup import build
 from core.training.state import RunState
 from core.training.strategy import SingleProcess, join
+from core.training.trackers import tracked
 
 EMIT_INTERVAL = 0.1
 """Seconds between ``BatchEnded`` events (each one is a host sync)."""
@@ -84,8 +85,10 @@ def _train(
     engine_hooks = default_hooks(setup, stop, stop_after_epoch, emit_interval)
     run = Run(setup, session, state, [*engine_hooks, *hooks], str(origin) if origin else "", stop)
     error: str | None = None
+    # --log trackers read the stream metrics.jsonl gets, on the one process that writes the run (trackers.py).
+    events = tracked(fit(run), setup.config, run_dir, stop) if strategy.is_main and setup.config.log else fit(run)
     try:
-        for event in fit(run):
+        for event in events:
             session.record(event)
             yield event
     except (GeneratorExit, KeyboardInterrupt):

@@ -41,13 +41,19 @@ async def test_demo_preset_and_start_from_the_keyboard(workspace: Path) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("ctrl+t")
         await pilot.pause()
-        expected = RunConfig(dataset="demo", weights="none", image_size=32, batch_size=64, epochs=1)
-        assert command_line(app) == expected.command_line()
+        # README's quick start: a linear probe of the shipped ImageNet EfficientNet-Lite0 at 64 px.
+        assert command_line(app) == (
+            "tlwork run --mode linear-probe --backbone timm:tf_efficientnet_lite0 --dataset demo --epochs 10 "
+            "--image-size 64 --normalize backbone"
+        )
+        backbone = app.screen.field("backbone")  # the menu's own entry, not timm:NAME with a name typed in
+        assert backbone.select.value == "timm:tf_efficientnet_lite0" and not backbone.has_class("-prefix")
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: app.training.state == "finished")
         assert app.screen.id == "training"
         (config,) = engine.calls
-        assert (config.dataset, config.weights, config.image_size, config.batch_size, config.epochs) == ("demo", "none", 32, 64, 1)
+        assert (config.dataset, config.backbone, config.weights, config.normalize, config.image_size, config.epochs) == (
+            "demo", "timm:tf_efficientnet_lite0", "imagenet", "backbone", 64, 10)
         assert config.runs_dir == "runs"
 
 

@@ -313,7 +313,7 @@ PTF = RunConfig(mode="probe-then-finetune", dataset="demo", weights="none", imag
 SCENES: tuple[Scene, ...] = (
     Scene("setup", (110, 34), make_test_app),
     Scene("setup-80x24", (80, 24), make_test_app),
-    Scene("setup-demo-invalid", (110, 34), make_test_app, press=("ctrl+t", "tab", "tab", "tab", "tab", "tab", "tab", "tab", "tab", "tab", "tab", "tab", "ctrl+u", "0")),
+    Scene("setup-demo-invalid", (110, 34), make_test_app, press=("ctrl+t", *["tab"] * 12, "ctrl+u", "0")),
     Scene("training-running", (110, 34), lambda: make_test_app(ScriptedEngine(hold_at=20)), _to_training),
     Scene("training-running-80x24", (80, 24), lambda: make_test_app(ScriptedEngine(hold_at=20)), _to_training),
     Scene("training-cuda", (110, 34), lambda: make_test_app(ScriptedEngine(hold_at=33, device="cuda:0", device_name="NVIDIA H100 80GB HBM3"),

@@ -128,12 +128,13 @@ class ChoiceField(HorizontalGroup):
             if self.blank is not None:
                 self.select.clear()
         else:
+            # A listed choice wins over a prefix that also matches (timm:tf_efficientnet_lite0 vs timm:).
             prefix = next((c.name for c in self.choices if c.name.endswith(":") and value.startswith(c.name)), None)
-            if prefix is not None:
+            if any(c.name == value for c in self.choices):
+                self.select.value = value
+            elif prefix is not None:
                 self.select.value = prefix
                 self.rest.value = value[len(prefix):]
-            elif any(c.name == value for c in self.choices):
-                self.select.value = value
         self._show()
 
     def set_blank_hint(self, hint: str) -> None:
