@@ -39,8 +39,8 @@ import notebook  # noqa: E402  (bench/notebook.py: the baseline's loop, shared w
 
 from core.config import RunConfig  # noqa: E402
 from core.data.datasets import CIFAR10_MEAN, CIFAR10_STD, DEMO_DIR  # noqa: E402
-from core.inference.evaluate import evaluate  # noqa: E402
 from core.events import EvaluationEnded, RunFinished  # noqa: E402
+from core.inference.evaluate import evaluate  # noqa: E402
 from core.models.build import build_model  # noqa: E402
 from core.training.train import train  # noqa: E402
 

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from core import events as ev
+from core.config import KEEPS_LAST_ON_TEST
 from core.data.loaders import to_device
 from core.device import autocast, device_name, is_out_of_memory
-from core.config import KEEPS_LAST_ON_TEST
 from core.errors import DataError, out_of_memory
 from core.models.build import count_params
 from core.models.freeze import freeze, param_groups, train_mode

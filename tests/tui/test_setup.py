@@ -41,9 +41,9 @@ async def test_demo_preset_and_start_from_the_keyboard(workspace: Path) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("ctrl+t")
         await pilot.pause()
-        # README's quick start: a linear probe of the shipped ImageNet EfficientNet-Lite0 at 64 px.
+        # README's quick start: a linear probe of the shipped ImageNet EfficientNet-Lite0 at 64 px, lr 1e-2.
         assert command_line(app) == (
-            "tlwork run --mode linear-probe --backbone timm:tf_efficientnet_lite0 --dataset demo --epochs 10 "
+            "tlwork run --mode linear-probe --backbone timm:tf_efficientnet_lite0 --dataset demo --epochs 10 --lr 0.01 "
             "--image-size 64 --normalize backbone"
         )
         backbone = app.screen.field("backbone")  # the menu's own entry, not timm:NAME with a name typed in

@@ -33,7 +33,7 @@ WEIGHT_FILE = Choice("file:", "File", "a .safetensors file or a state dict at PA
 # that ships with tlwork on the shipped demo images (over 50% validation accuracy after 10
 # epochs, well under a minute on 2 CPU cores).
 DEMO = {"dataset": "demo", "backbone": "timm:tf_efficientnet_lite0", "weights": "imagenet", "mode": "linear-probe",
-        "normalize": "backbone", "image_size": 64, "batch_size": 256, "epochs": 10}
+        "normalize": "backbone", "image_size": 64, "batch_size": 256, "epochs": 10, "lr": 0.01}
 
 
 def _positive(value: str) -> bool:
