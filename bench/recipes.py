@@ -10,6 +10,11 @@ bench/RESULTS.md (its own section, replaced when this runs again).
     python bench/recipes.py                       # the default table
     python bench/recipes.py --only ptf-default    # one recipe
     python bench/recipes.py --size 64 --probe-epochs 3 --epochs 2
+    python bench/recipes.py --fastai /tmp/fai/bin/python   # and fastai's fine_tune beside them
+
+``--fastai PYTHON`` adds a row for what a user would pick instead: fastai's
+``fine_tune(epochs, freeze_epochs=probe_epochs)`` run by bench/fastai_baseline.py with an
+interpreter that has fastai and timm (not tlwork dependencies), on the same split.
 
 Every recipe shares: --dataset imagefolder:../shared/data/cifar10-jpg --val-split 0.1 (500
 held-out images, stratified, seed 0), --image-size 64, the real weights, --device cpu.
@@ -81,6 +86,24 @@ def run_recipe(name: str, args: argparse.Namespace, runs: Path) -> dict:
     }
 
 
+def run_fastai(python: str, args: argparse.Namespace) -> dict:
+    """bench/fastai_baseline.py as a whole process under ``python``, timed like a recipe."""
+    cmd = [python, str(ROOT / "bench" / "fastai_baseline.py"), "--probe-epochs", str(args.probe_epochs),
+           "--epochs", str(args.epochs), "--size", str(args.size)]
+    started = time.perf_counter()
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    seconds = time.perf_counter() - started
+    if out.returncode != 0:
+        raise SystemExit(f"fastai baseline failed ({out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
+    done = next(json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"event": "fastai_finished"'))
+    accs = done["epochs"]
+    return {
+        "name": "fastai", "seconds": seconds, "epochs": [("", a) for a in accs],
+        "probe_best": max(accs[: args.probe_epochs]), "first_tune": accs[args.probe_epochs],
+        "kept": done["val_accuracy"], "kept_epoch": len(accs), "last": accs[-1],
+    }
+
+
 def pct(x: float) -> str:
     return "-" if x != x else f"{100 * x:.1f}%"
 
@@ -92,6 +115,7 @@ def main() -> None:
     parser.add_argument("--probe-epochs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
+    parser.add_argument("--fastai", metavar="PYTHON", help="also run fastai's fine_tune with this interpreter")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("extra", nargs="*", help="more `tlwork run` options for every recipe (after --)")
     args = parser.parse_args()
@@ -104,6 +128,9 @@ def main() -> None:
             results.append(run_recipe(name, args, Path(tmp)))
             r = results[-1]
             print(f"{name}: kept {pct(r['kept'])} (epoch {r['kept_epoch']}), {r['seconds']:.0f} s", flush=True)
+    if args.fastai:
+        results.append(run_fastai(args.fastai, args))
+        print(f"fastai: {pct(results[-1]['kept'])}, {results[-1]['seconds']:.0f} s", flush=True)
     base = results[0]["seconds"]
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; device cpu. Data: {DATA} (4,500 train, 500 held-out "
@@ -115,7 +142,9 @@ def main() -> None:
     ]
     for r in results:
         per_epoch = " ".join(pct(acc) for _, acc in r["epochs"])
-        lines.append(f"| `{r['name']}`: {RECIPES[r['name']][0]} | {per_epoch} | {pct(r['probe_best'])} | {pct(r['first_tune'])} "
+        what = RECIPES[r["name"]][0] if r["name"] in RECIPES else (
+            f"fastai `fine_tune({args.epochs}, freeze_epochs={args.probe_epochs})`, its defaults (bench/fastai_baseline.py)")
+        lines.append(f"| `{r['name']}`: {what} | {per_epoch} | {pct(r['probe_best'])} | {pct(r['first_tune'])} "
                      f"| {pct(r['kept'])} (epoch {r['kept_epoch']}) | {r['seconds']:.0f} s | {r['seconds'] / base:.2f}x |")
     lines += ["", f"Command: `python bench/recipes.py {' '.join(sys.argv[1:])}`; wall time is the whole `tlwork run` process."]
     table = "## Recipes on real data (CPU)\n\n" + "\n".join(lines) + "\n"
