@@ -54,6 +54,12 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
                     ["--mode", "probe-then-finetune"]),
     "ptf-default-ld": ("probe-then-finetune, defaults + --layer-decay 0.7", ["--mode", "probe-then-finetune", "--layer-decay", "0.7"]),
     "finetune-frozen": ("finetune only, --bn frozen", ["--mode", "finetune", "--bn", "frozen", "--epochs", "{total}"]),
+    # Issue 13's options, each on top of the defaults (per-epoch cells read live/EMA accuracy under --ema).
+    "ptf-ema": ("probe-then-finetune, defaults + --ema 0.99 --ema-warmup", ["--mode", "probe-then-finetune", "--ema", "0.99",
+                                                                          "--ema-warmup"]),
+    "ptf-mixup": ("probe-then-finetune, defaults + --mixup 0.2", ["--mode", "probe-then-finetune", "--mixup", "0.2"]),
+    "ptf-cutmix": ("probe-then-finetune, defaults + --mixup 0.2 --cutmix 1 (one per batch)",
+                   ["--mode", "probe-then-finetune", "--mixup", "0.2", "--cutmix", "1.0"]),
 }
 DEFAULT = ["probe", "ptf-notebook-train", "ptf-notebook-frozen", "ptf-default-train", "ptf-default", "ptf-default-ld"]
 
@@ -75,14 +81,15 @@ def run_recipe(name: str, args: argparse.Namespace, runs: Path) -> dict:
     if out.returncode != 0:
         raise SystemExit(f"recipe {name} failed ({out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
     events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    epochs = [(e["stage"], e["val_accuracy"]) for e in events if e["event"] == "epoch_ended"]
+    epochs = [(e["stage"], e["val_accuracy"], e.get("ema_val_accuracy")) for e in events if e["event"] == "epoch_ended"]
     finished = next(e for e in events if e["event"] == "run_finished")
-    probe = [acc for stage, acc in epochs if stage == "probe"]
-    tuned = [acc for stage, acc in epochs if stage != "probe"]
+    probe = [max(acc, ema or 0) for stage, acc, ema in epochs if stage == "probe"]
+    tuned = [max(acc, ema or 0) for stage, acc, ema in epochs if stage != "probe"]
     return {
         "name": name, "seconds": seconds, "epochs": epochs, "probe_best": max(probe) if probe else float("nan"),
         "first_tune": tuned[0] if tuned and probe else float("nan"), "kept": finished["val_accuracy"],
         "kept_epoch": finished.get("kept_epoch", finished["epochs"]), "last": epochs[-1][1],
+        "kept_weights": finished.get("kept_weights", "live"),
     }
 
 
@@ -98,7 +105,7 @@ def run_fastai(python: str, args: argparse.Namespace) -> dict:
     done = next(json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"event": "fastai_finished"'))
     accs = done["epochs"]
     return {
-        "name": "fastai", "seconds": seconds, "epochs": [("", a) for a in accs],
+        "name": "fastai", "seconds": seconds, "epochs": [("", a, None) for a in accs],
         "probe_best": max(accs[: args.probe_epochs]), "first_tune": accs[args.probe_epochs],
         "kept": done["val_accuracy"], "kept_epoch": len(accs), "last": accs[-1],
     }
@@ -117,6 +124,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--fastai", metavar="PYTHON", help="also run fastai's fine_tune with this interpreter")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--section", help="the RESULTS.md section to write (default: recipes-cpu-<size>px)")
     parser.add_argument("extra", nargs="*", help="more `tlwork run` options for every recipe (after --)")
     args = parser.parse_args()
     if not DATA.is_dir() or not WEIGHTS.is_file():
@@ -141,16 +149,17 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        per_epoch = " ".join(pct(acc) for _, acc in r["epochs"])
+        per_epoch = " ".join(pct(acc) if ema is None else f"{pct(acc)}/{pct(ema)}" for _, acc, ema in r["epochs"])
+        weights = ", EMA" if r.get("kept_weights") == "ema" else ""
         what = RECIPES[r["name"]][0] if r["name"] in RECIPES else (
             f"fastai `fine_tune({args.epochs}, freeze_epochs={args.probe_epochs})`, its defaults (bench/fastai_baseline.py)")
         lines.append(f"| `{r['name']}`: {what} | {per_epoch} | {pct(r['probe_best'])} | {pct(r['first_tune'])} "
-                     f"| {pct(r['kept'])} (epoch {r['kept_epoch']}) | {r['seconds']:.0f} s | {r['seconds'] / base:.2f}x |")
+                     f"| {pct(r['kept'])} (epoch {r['kept_epoch']}{weights}) | {r['seconds']:.0f} s | {r['seconds'] / base:.2f}x |")
     lines += ["", f"Command: `python bench/recipes.py {' '.join(sys.argv[1:])}`; wall time is the whole `tlwork run` process."]
     table = "## Recipes on real data (CPU)\n\n" + "\n".join(lines) + "\n"
     print(table)
     if not args.no_write:
-        write_section(Path(args.out), f"recipes-cpu-{args.size:03d}px", table)
+        write_section(Path(args.out), args.section or f"recipes-cpu-{args.size:03d}px", table)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ Normalize = Literal["dataset", "backbone"]
 DataPath = Literal["auto", "device", "stream"]
 BatchNormPolicy = Literal["auto", "frozen", "train"]
 Keep = Literal["best", "last"]
+ClassWeights = Literal["none", "balanced"]
+SamplerKind = Literal["shuffle", "balanced"]
 
 MIN_IMAGE_SIZE = 16
 
@@ -103,6 +105,16 @@ class RunConfig:
     keep: Keep = "best"  # the bundle: the best validation epoch (on held-out images) or the last
     patience: int = 0  # end a stage after N epochs without validation improvement; 0: never
     layer_decay: float = 1.0  # each earlier backbone stage trains at this times the next one's lr; 1: off
+    # What timm and fastai users expect (issue 13): each is off by default and none changes a run that leaves it off.
+    ema: float = 0.0  # decay of an exponential moving average of the weights (timm's ModelEmaV3); 0: off
+    ema_warmup: bool = False  # the EMA's decay ramps up over the first steps (timm's use_warmup)
+    mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0: off
+    cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0: off
+    mix_prob: float = 1.0  # the share of batches mixed (with both, each mixed batch picks one at random)
+    class_weights: ClassWeights = "none"  # balanced: the loss weighs each class by its inverse frequency
+    sampler: SamplerKind = "shuffle"  # balanced: each epoch draws the classes evenly (with replacement)
+    accumulate: int = 1  # batches per optimiser update (gradient accumulation)
+    clip_grad: float = 0.0  # clip the gradients' global norm to this before each update; 0: off
 
     # Experiment trackers (issue 15): fed by the events that feed metrics.jsonl; none changes the result.
     log: tuple[str, ...] = ()  # --log tensorboard / --log mlflow (repeatable): registry.TRACKERS
@@ -177,9 +189,39 @@ class RunConfig:
             raise ConfigError(f"--patience must not be negative (got {self.patience}); 0 never stops early")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"--layer-decay must be in (0, 1] (got {self.layer_decay:g}); try 0.7, or 1 for one rate")
+        self._validate_regularisers()
         if self.max_nonfinite < 0:
             raise ConfigError(f"--max-nonfinite must not be negative (got {self.max_nonfinite})")
         check_trackers(self.log, self.mlflow_uri, self.mlflow_experiment)
+
+    def _validate_regularisers(self) -> None:
+        """The options of issue 13: EMA, MixUp/CutMix, class balance, accumulation, clipping."""
+        if self.ema and not 0.0 < self.ema < 1.0:
+            raise ConfigError(f"--ema must be a decay in (0, 1) (got {self.ema:g}); try 0.999, or 0 for no EMA")
+        if self.ema_warmup and not self.ema:
+            raise ConfigError("--ema-warmup warms up the weights' EMA; add --ema 0.999 or drop --ema-warmup")
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} is a Beta(alpha, alpha) parameter and must not be negative "
+                                  f"(got {getattr(self, name):g}); try 0.2, or 0 for none")
+        if not 0.0 < self.mix_prob <= 1.0:
+            raise ConfigError(f"--mix-prob must be in (0, 1] (got {self.mix_prob:g}); 1 mixes every batch")
+        if self.mode == "linear-probe" and self.mixes and self.cache_features:
+            raise ConfigError(
+                "--mixup/--cutmix mix images, and a linear probe trains on cached features; add --no-cache-features "
+                "to mix the probe's images, or use --mode probe-then-finetune (its fine-tune stage mixes)"
+            )
+        _check_choice("class-weights", self.class_weights, registry.CLASS_WEIGHTS)
+        _check_choice("sampler", self.sampler, registry.SAMPLERS)
+        if self.accumulate < 1:
+            raise ConfigError(f"--accumulate must be at least 1 (got {self.accumulate}); 1 updates after every batch")
+        if self.clip_grad < 0:
+            raise ConfigError(f"--clip-grad must not be negative (got {self.clip_grad:g}); try 1.0, or 0 for no clipping")
+
+    @property
+    def mixes(self) -> bool:
+        """True when MixUp or CutMix is on."""
+        return self.mixup > 0 or self.cutmix > 0
 
     @property
     def total_epochs(self) -> int:

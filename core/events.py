@@ -99,6 +99,7 @@ class BatchEnded:
     elapsed: float
     eta: float
     stage: str
+    grad_norms: tuple[float, ...] = ()  # --clip-grad: each optimiser update's gradient norm before clipping
 
     @property
     def loss(self) -> float:
@@ -120,6 +121,8 @@ class EpochEnded:
     lr: float
     seconds: float
     images_per_sec: float
+    ema_val_loss: float | None = None  # --ema: the weights' moving average on the same validation images
+    ema_val_accuracy: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,7 @@ class RunFinished:
     kept_epoch: int = 0  # the epoch whose weights the bundle holds
     kept: str = "last"  # best | last: which epoch --keep kept (last when validation is the test split)
     reason: str = ""  # why it ended before its planned epochs (--patience), else ""
+    kept_weights: str = "live"  # live | ema: the trained weights, or (--ema) their moving average
 
 
 @dataclass(frozen=True, slots=True)

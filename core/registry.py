@@ -79,6 +79,18 @@ KEEP: tuple[Choice, ...] = (
 )
 """Which model the bundle keeps."""
 
+CLASS_WEIGHTS: tuple[Choice, ...] = (
+    Choice("none", "None", "every image counts the same in the loss"),
+    Choice("balanced", "Balanced", "the loss weighs each class by its inverse frequency in the training split"),
+)
+"""``--class-weights``: the loss's answer to class imbalance."""
+
+SAMPLERS: tuple[Choice, ...] = (
+    Choice("shuffle", "Shuffle", "every training image once per epoch, in a seeded order"),
+    Choice("balanced", "Balanced", "each epoch draws as many images, every class equally often (with replacement)"),
+)
+"""``--sampler``: the sampler's answer to class imbalance."""
+
 OPTIMIZERS: tuple[Choice, ...] = (
     Choice("sgd", "SGD", "SGD with momentum (--momentum), as in the notebook"),
     Choice("adamw", "AdamW", "AdamW with decoupled weight decay"),

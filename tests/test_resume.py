@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from tinydata import TINY_BACKBONE, make_image_folder
+from tinydata import TINY_BACKBONE, make_image_folder, sigkill_after_checkpoint
 from typer.testing import CliRunner
 
 from core import events as ev
@@ -149,22 +148,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(folder: Path
     target = random.Random(KILL_SEED).randint(4, 30)
     where = f"kill step {target}, from KILL_SEED {KILL_SEED}"
     killed = subprocess.Popen([*PY, *args, "--name", "killed"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    sidecar = runs / "killed" / "checkpoint-last.json"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and killed.poll() is None:
-            try:
-                position = json.loads(sidecar.read_text())["position"]
-            except (OSError, ValueError, KeyError):
-                position = None
-            if position and position["step"] >= target and not position["epoch_done"]:
-                killed.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.01)
-        killed.wait(timeout=60)
-    finally:
-        killed.kill()
-    assert killed.returncode == -signal.SIGKILL, f"the run ended before it was checkpointed mid-epoch ({where})"
+    sigkill_after_checkpoint(killed, runs / "killed" / "checkpoint-last.json", target, where)
     assert json.loads((runs / "killed" / "status.json").read_text())["status"] == "running", where  # nobody wrote "stopped"
     from core.runs.store import list_runs
 
@@ -388,25 +372,6 @@ def test_a_checkpoint_is_one_safetensors_file_with_its_state_in_the_header(folde
     assert {"position", "optimizer", "scheduler", "rng", "preprocessing", "class_names"} <= set(state)
 
 
-def _sigkill_after_checkpoint(proc: subprocess.Popen[str], sidecar: Path, step: int) -> None:
-    """SIGKILL ``proc`` once its checkpoint sidecar shows a mid-epoch position at or past ``step``."""
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                position = json.loads(sidecar.read_text())["position"]
-            except (OSError, ValueError, KeyError):
-                position = None
-            if position and position["step"] >= step and not position["epoch_done"]:
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.01)
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before step {step} was checkpointed mid-epoch"
-
-
 def test_a_killed_auto_run_resumes_on_the_data_path_it_started_with(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -430,7 +395,7 @@ def test_a_killed_auto_run_resumes_on_the_data_path_it_started_with(
     target = random.Random(KILL_SEED).choice([2, 3, 4, 6, 7, 8, 9])  # mid-epoch steps of either epoch
     where = f"kill step {target}, from KILL_SEED {KILL_SEED}"
     killed = subprocess.Popen([*PY, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    _sigkill_after_checkpoint(killed, runs / "killed" / "checkpoint-last.json", target)
+    sigkill_after_checkpoint(killed, runs / "killed" / "checkpoint-last.json", target)
     meta, _ = read_checkpoint(runs / "killed" / "checkpoint-last.json")
     assert meta["data_paths"] == {"train": "stream", "val": "stream"}
     monkeypatch.setenv("TLWORK_CACHE_MB", "4096")  # now everything fits: a fresh auto run would hold it on the device

@@ -89,6 +89,29 @@ def make_image_folder(
     return root
 
 
+def sigkill_after_checkpoint(proc: Any, sidecar: Path, step: int, where: str = "") -> None:
+    """SIGKILL ``proc`` (a ``tlwork run`` subprocess) once its checkpoint sidecar shows a mid-epoch position at or past ``step``."""
+    import json
+    import signal
+    import time
+
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                position = json.loads(sidecar.read_text())["position"]
+            except (OSError, ValueError, KeyError):
+                position = None
+            if position and position["step"] >= step and not position["epoch_done"]:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before step {step} was checkpointed mid-epoch {where}".rstrip()
+
+
 @dataclass(frozen=True)
 class FinishedRun:
     """A trained run: its directory, the runs folder it sits in, its config and its events."""

@@ -236,6 +236,24 @@ def run(
         1.0, help="layer-wise rates while the backbone trains: each backbone stage, counted back from the head, "
         "trains at this times the next one's rate (timm's layer decay; 1: one rate for all)"
     ),
+    ema: float = typer.Option(
+        0.0, metavar="DECAY", help="keep an exponential moving average of the weights (timm's ModelEmaV3), e.g. 0.999; "
+        "validation scores it beside the live weights and the bundle keeps the better (0: off)",
+    ),
+    ema_warmup: bool = typer.Option(False, "--ema-warmup", help="with --ema: ramp the decay up over the first updates (timm's use_warmup)"),
+    mixup: float = typer.Option(
+        0.0, metavar="ALPHA", help="MixUp with Beta(ALPHA, ALPHA), e.g. 0.2 (torchvision v2; not on cached features; "
+        "train accuracy counts each image's dominant label; 0: off)",
+    ),
+    cutmix: float = typer.Option(0.0, metavar="ALPHA", help="CutMix with Beta(ALPHA, ALPHA), e.g. 1.0; with --mixup, each mixed batch picks one (0: off)"),
+    mix_prob: float = typer.Option(1.0, help="with --mixup/--cutmix: the share of batches mixed"),
+    class_weights: str = typer.Option("none", help="class imbalance in the loss: " + _choice_help(registry.CLASS_WEIGHTS)),
+    sampler: str = typer.Option("shuffle", help="the training order: " + _choice_help(registry.SAMPLERS)),
+    accumulate: int = typer.Option(1, metavar="N", help="gradient accumulation: one optimiser update per N batches (schedules count updates)"),
+    clip_grad: float = typer.Option(
+        0.0, metavar="NORM", help="clip the gradients' global norm to NORM before each update; the norm before clipping is "
+        "in the batch events (0: off)",
+    ),
     log: Optional[list[str]] = typer.Option(
         None, "--log", metavar="TRACKER", help="also log the run to an experiment tracker (repeat for both; each is an "
         "optional extra, e.g. pip install 'tlwork[trackers]'): " + _choice_help(registry.TRACKERS),

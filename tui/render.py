@@ -59,7 +59,8 @@ def describe(event: ev.Event) -> str | None:
             return (
                 f"epoch {event.epoch}/{event.total_epochs} [{event.stage}] train_loss {event.train_loss:.4f} "
                 f"train_acc {_pct(event.train_accuracy)} val_loss {event.val_loss:.4f} val_acc {_pct(event.val_accuracy)} "
-                f"lr {event.lr:.2e} {event.images_per_sec:.0f} img/s {event.seconds:.1f}s"
+                + (f"ema_val_acc {_pct(event.ema_val_accuracy)} " if event.ema_val_accuracy is not None else "")
+                + f"lr {event.lr:.2e} {event.images_per_sec:.0f} img/s {event.seconds:.1f}s"
             )
         case ev.CheckpointSaved() if event.kind != "epoch":
             return f"saved {event.kind} {event.path}"
@@ -73,7 +74,8 @@ def describe(event: ev.Event) -> str | None:
             why = f" ({event.reason})" if event.reason else ""
             return (
                 f"finished {event.run_dir}{why}: val_acc {_pct(event.val_accuracy)} (the {event.kept} epoch, "
-                f"{event.kept_epoch or event.epochs}, of {event.epochs}) in {event.seconds:.1f}s; model {event.bundle}"
+                f"{event.kept_epoch or event.epochs}, of {event.epochs}{', its EMA weights' if event.kept_weights == 'ema' else ''}) "
+                f"in {event.seconds:.1f}s; model {event.bundle}"
             )
         case ev.EvaluationStarted():
             return f"evaluating {event.model} on {event.dataset} ({event.split}, {event.images} images)"

@@ -220,7 +220,8 @@ def _summarise(
         small = min(train.class_counts, key=lambda c: train.class_counts[c])
         notes.append(
             f"classes are imbalanced: largest/smallest = {imbalance:.1f} ({big} {train.class_counts[big]}, "
-            f"{small} {train.class_counts[small]}); consider more images of the small classes"
+            f"{small} {train.class_counts[small]}); consider more images of the small classes, "
+            "or train with --class-weights balanced or --sampler balanced"
         )
     if cross:
         notes.append(f"{len(cross)} test image(s) are exact copies of training images; they inflate test accuracy, remove them from one side")

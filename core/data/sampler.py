@@ -58,6 +58,27 @@ class EpochSampler(Sampler[int]):
         return len(self.local_order()) - self.skip
 
 
+class BalancedSampler(EpochSampler):
+    """``--sampler balanced``: each epoch draws as many samples, every class equally likely.
+
+    torch's ``WeightedRandomSampler`` with weights ``1 / class count`` and replacement, drawn
+    from a generator seeded by (seed, epoch) as ``EpochSampler``'s order is, so a resumed run
+    draws the same samples; with several workers the global order is dealt out as usual.
+    """
+
+    def __init__(self, targets: Sequence[int], seed: int, shard: Any = None, batch_size: int = 0) -> None:
+        super().__init__(len(targets), seed, shard, batch_size)
+        counts = torch.bincount(torch.as_tensor(list(targets), dtype=torch.long)).double()
+        self.weights = 1.0 / counts[torch.as_tensor(list(targets), dtype=torch.long)]
+
+    def order(self) -> list[int]:
+        """This epoch's draw (``usable`` samples, with replacement)."""
+        from torch.utils.data import WeightedRandomSampler
+
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return list(WeightedRandomSampler(self.weights.tolist(), self.usable, replacement=True, generator=gen))
+
+
 @dataclass(frozen=True)
 class Shard:
     """This rank's share of the data: ``rank`` of ``world`` (0 of 1 for a single process)."""

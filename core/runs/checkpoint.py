@@ -33,6 +33,8 @@ from core.runs.store import atomic_write
 FORMAT = "tlwork-checkpoint"
 VERSION = 2
 MAX_HEADER = 64 * 1024 * 1024  # a safetensors header larger than this is not one of ours
+GRAD_PREFIX = "grad."
+"""Tensors of gradients accumulated toward an optimiser update not yet taken (``--accumulate``): ``grad.<parameter>``."""
 
 
 @dataclass
@@ -126,6 +128,7 @@ def save_checkpoint(
     position: Position,
     extra: dict[str, Any] | None = None,
     scaler: Any = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``path.safetensors`` atomically (and its readable ``path.json``); returns the json path.
 
@@ -141,6 +144,7 @@ def save_checkpoint(
                 tensors[f"optim.{idx}.{key}"] = value
     rng_tensors, rng_meta = _rng_state()
     tensors.update(rng_tensors)
+    tensors.update(extra_tensors or {})  # e.g. the weights' EMA, gradients accumulated so far
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     meta = {
         "format": FORMAT,
@@ -246,9 +250,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     return meta, tensors
 
 
-def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Load the model part of a checkpoint strictly."""
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "model.") -> None:
+    """Load the model part of a checkpoint strictly (``prefix`` ``ema.``: the weights' moving average)."""
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     try:
         getattr(model, "_orig_mod", model).load_state_dict(state, strict=True)
     except RuntimeError as exc:

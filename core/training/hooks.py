@@ -11,16 +11,18 @@ loss) are errors and raise.
 
 1. ``NonFiniteGuard``: a batch skipped under ``--skip-nonfinite`` is logged and counted;
    too many stop the run with ``NonFiniteLoss``.
-2. ``BatchReporter``: every ``emit_interval`` seconds (and at an epoch's last batch) one
-   ``BatchEnded`` with every loss since the last one: the only host sync of the batch loop.
-   A NaN among them stops the run naming its batch.
-3. ``UnreadableLog``: images the loader had to skip, named once, and a summary per epoch.
-4. ``EarlyStopping``: ``--patience N`` epochs without validation improvement end the stage
+2. ``EmaUpdate``: ``--ema``: the weights' moving average takes in each optimiser update
+   (before any checkpoint, so checkpoints hold it as of their batch).
+3. ``BatchReporter``: every ``emit_interval`` seconds (and at an epoch's last batch) one
+   ``BatchEnded`` with every loss (and, under ``--clip-grad``, every gradient norm) since the
+   last one: the only host sync of the batch loop. A NaN among them stops the run naming its batch.
+4. ``UnreadableLog``: images the loader had to skip, named once, and a summary per epoch.
+5. ``EarlyStopping``: ``--patience N`` epochs without validation improvement end the stage
    (before the checkpoint, so the checkpoint knows the stage is over).
-5. ``PeriodicCheckpoint``: ``--checkpoint-every N`` batches.
-6. ``EpochCheckpoint``: checkpoint-last at every epoch's end, copied to checkpoint-best when
+6. ``PeriodicCheckpoint``: ``--checkpoint-every N`` batches.
+7. ``EpochCheckpoint``: checkpoint-last at every epoch's end, copied to checkpoint-best when
    validation improved (timm's ``CheckpointSaver`` owns last and best the same way).
-7. ``StopRequests``: ``stop`` at a batch boundary saves a checkpoint and yields
+8. ``StopRequests``: ``stop`` at a batch boundary saves a checkpoint and yields
    ``RunStopped``; ``stop_after_epoch`` does so at the epoch's end. Last, so ``RunStopped`` is
    the run's last event.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Iterator
 
 import torch
@@ -38,7 +41,8 @@ import torch
 from core import events as ev
 from core.data.safedata import drain
 from core.errors import NonFiniteLoss
-from core.runs.checkpoint import Position
+from core.runs.checkpoint import GRAD_PREFIX, Position
+from core.training.ema import WeightsEma
 from core.training.guards import finite_weights, first_nonfinite, kept, nonfinite_advice, nonfinite_message
 from core.training.state import EpochState, RunState, StageRun
 
@@ -74,7 +78,16 @@ class Run:
         self.state = state
         self.hooks = hooks
         self.origin = origin  # the directory the run started in: config paths are relative to it
+        config = setup.config
+        self.ema = WeightsEma(setup.model, config.ema, config.ema_warmup) if config.ema else None
+        setup.restore.ema(self.ema)
         self.checkpointer = Checkpointer(self)
+
+    def weight_sets(self) -> Iterator[tuple[str, AbstractContextManager[None]]]:
+        """Each set of weights validation scores: the live ones, then (``--ema``) their moving average."""
+        yield "live", nullcontext()
+        if self.ema is not None:
+            yield "ema", self.ema.swapped(self.setup.model)
 
     def each(self, moment: str, *args: object) -> Iterator[ev.Event]:
         """Every hook's events for ``moment``, in hook order; stops early once a hook ended the run."""
@@ -97,7 +110,8 @@ class Checkpointer:
         totals = setup.strategy.sum_totals(*epoch.totals()) if not done else None
         sums = (float(totals[0].item()), int(totals[1].item()), int(totals[2])) if totals else (0.0, 0, 0)
         position = Position(epoch.stage_index, epoch.epoch, epoch.batch, state.step, state.best, done, state.nonfinite, *sums)
-        path = run.session.save_checkpoint(setup.model, epoch.optimizer, epoch.scheduler, position, self._header())
+        path = run.session.save_checkpoint(setup.model, epoch.optimizer, epoch.scheduler, position, self._header(),
+                                           self._tensors())
         state.last_checkpoint = f"{path} (epoch {epoch.epoch}, step {state.step})"
         return ev.CheckpointSaved(str(path), epoch.epoch, state.step, kind)
 
@@ -114,6 +128,14 @@ class Checkpointer:
                 f"the run stopped and {kept(state.last_checkpoint)}; {nonfinite_advice(state.last_checkpoint)}"
             )
 
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """Besides the model's: the EMA's weights, and gradients accumulated toward an update not yet taken."""
+        model = getattr(self.run.setup.model, "_orig_mod", self.run.setup.model)
+        tensors = {GRAD_PREFIX + n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        if self.run.ema is not None:
+            tensors.update(self.run.ema.tensors())
+        return tensors
+
     def _header(self) -> dict[str, object]:
         """What a checkpoint records besides its position: enough to check and continue the run."""
         setup, state = self.run.setup, self.run.state
@@ -121,10 +143,11 @@ class Checkpointer:
             "cwd": self.run.origin,
             "preprocessing": setup.pre.to_dict(), "class_names": list(setup.splits.class_names),
             "train_size": len(setup.splits.train), "batch_size": setup.config.batch_size,
-            "stages": [s.name for s in setup.stages], "val": {"top1": state.val["top1"], "loss": state.val["loss"]},
+            "stages": [s.name for s in setup.stages], "val": dict(state.val),
             "global_batch_size": setup.global_batch, "workers": setup.strategy.world, "data_paths": setup.cache.paths(),
             "best_epoch": state.best_epoch, "best_val": dict(state.best_val), "stage_epochs": list(state.stage_epochs),
             "patience": {"stage_best": state.stage_best, "stale": state.stale},
+            **(self.run.ema.header() if self.run.ema is not None else {}),
         }
 
 
@@ -148,6 +171,15 @@ class NonFiniteGuard(Hook):
             )
 
 
+class EmaUpdate(Hook):
+    """``--ema``: the moving average takes in the weights after each optimiser update."""
+
+    def after_batch(self, run: Run, epoch: EpochState) -> Iterator[ev.Event]:
+        if run.ema is not None and epoch.stepped:
+            run.ema.update(run.setup.model)
+        return iter(())
+
+
 class BatchReporter(Hook):
     """One ``BatchEnded`` per ``interval`` seconds with every loss since the last: the loop's one host sync."""
 
@@ -163,11 +195,13 @@ class BatchReporter(Hook):
         window = max(1e-9, now - epoch.window_start)
         rate, wait = epoch.window_images / window, min(1.0, epoch.wait / window)
         pending, batches = epoch.take_pending()
-        losses = torch.stack(pending).float().tolist()  # the one host sync per report
+        norms = epoch.take_norms()
+        synced = torch.stack(pending + norms).float().tolist()  # the one host sync per report
+        losses, grad_norms = synced[:len(pending)], synced[len(pending):]
         elapsed = time.time() - state.started
         eta = elapsed / max(1, state.step - state.first_step) * (setup.total_steps - state.step)
         yield ev.BatchEnded(epoch.epoch, epoch.batch, epoch.batches, state.step, setup.total_steps, tuple(losses),
-                            epoch.lr, rate, wait, elapsed, eta, epoch.stage.name)
+                            epoch.lr, rate, wait, elapsed, eta, epoch.stage.name, tuple(grad_norms))
         self.last = time.perf_counter()
         bad = first_nonfinite(losses, batches)
         if bad is not None:
@@ -282,6 +316,7 @@ def default_hooks(setup: Setup, stop: threading.Event | None, stop_after_epoch: 
     config = setup.config
     return [
         NonFiniteGuard(config.max_nonfinite),
+        EmaUpdate(),
         BatchReporter(emit_interval),
         UnreadableLog(),
         EarlyStopping(config.patience),

@@ -28,6 +28,7 @@ class Stage:
     augment: str
     scheduler: str
     bn: str = "frozen"  # BatchNorm while this stage trains: frozen (inference mode) or train
+    mix: bool = False  # MixUp/CutMix its batches (never a probe on cached features: those are not images)
 
 
 def plan_stages(config: RunConfig) -> list[Stage]:
@@ -37,10 +38,11 @@ def plan_stages(config: RunConfig) -> list[Stage]:
         assert config.probe_lr is not None
         return [
             Stage("probe", "linear-probe", config.probe_epochs, config.probe_lr, "none", "none"),
-            Stage("finetune", "finetune", config.epochs, config.lr, config.augment, config.scheduler, config.bn),
+            Stage("finetune", "finetune", config.epochs, config.lr, config.augment, config.scheduler, config.bn,
+                  config.mixes),
         ]
     name = {"linear-probe": "probe", "finetune": "finetune", "partial": "partial"}[config.mode]
-    return [Stage(name, config.mode, config.epochs, config.lr, config.augment, config.scheduler, config.bn)]
+    return [Stage(name, config.mode, config.epochs, config.lr, config.augment, config.scheduler, config.bn, config.mixes)]
 
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from core.errors import ConfigError
-from core.runs.checkpoint import Position, load_optimizer_state, load_scheduler_state, restore_rng
+from core.runs.checkpoint import GRAD_PREFIX, Position, load_optimizer_state, load_scheduler_state, restore_rng
 from core.runs.resumption import ResumePoint
 from core.training.state import RunState
 
@@ -101,6 +101,20 @@ class Restore:
         if self.point is not None and self.resumes(stage_index) and self.start.same_stage:
             load_optimizer_state(optimizer, self.point.meta, self.point.tensors)
             load_scheduler_state(scheduler, self.point.meta)
+
+    def ema(self, ema: Any) -> None:
+        """``--ema``'s moving average as the checkpoint left it (a fresh run's starts from the model)."""
+        if self.point is not None and ema is not None:
+            ema.load(self.point.tensors, self.point.meta)
+
+    def gradients(self, stage_index: int, model: torch.nn.Module) -> None:
+        """Gradients accumulated toward an update the checkpoint was written before (``--accumulate``)."""
+        if self.point is None or not self.resumes(stage_index) or not self.start.same_stage or not self.start.batch:
+            return
+        for name, param in getattr(model, "_orig_mod", model).named_parameters():
+            saved = self.point.tensors.get(GRAD_PREFIX + name)
+            if saved is not None:
+                param.grad = saved.to(device=param.device, dtype=param.dtype)
 
     def rng(self, stage_index: int) -> None:
         """Torch's, Python's and NumPy's RNGs, last before the stage's first batch."""

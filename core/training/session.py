@@ -79,9 +79,10 @@ class RunSession:
         except OSError as exc:
             raise write_failed(self.metrics.path, exc, self.state.last_checkpoint) from None
 
-    def save_checkpoint(self, model: nn.Module, optimizer: Any, scheduler: Any, position: Position, extra: dict[str, Any]) -> Path:
-        """Write checkpoint-last atomically; returns its readable json path."""
-        return save_checkpoint(self.run_dir / LAST, model, optimizer, scheduler, position, extra)
+    def save_checkpoint(self, model: nn.Module, optimizer: Any, scheduler: Any, position: Position, extra: dict[str, Any],
+                        tensors: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write checkpoint-last atomically (``tensors``: more than the model's); returns its readable json path."""
+        return save_checkpoint(self.run_dir / LAST, model, optimizer, scheduler, position, extra, extra_tensors=tensors)
 
     def keep_best(self) -> None:
         """Copy checkpoint-last to checkpoint-best (the epoch just saved improved on every earlier one)."""
@@ -127,7 +128,8 @@ class NullSession(RunSession):
     def record(self, event: ev.Event) -> None:
         """Drop the event."""
 
-    def save_checkpoint(self, model: nn.Module, optimizer: Any, scheduler: Any, position: Position, extra: dict[str, Any]) -> Path:
+    def save_checkpoint(self, model: nn.Module, optimizer: Any, scheduler: Any, position: Position, extra: dict[str, Any],
+                        tensors: dict[str, torch.Tensor] | None = None) -> Path:
         """The path rank 0 writes."""
         return (self.run_dir / LAST).with_suffix(".json")
 

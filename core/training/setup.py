@@ -10,6 +10,7 @@ run's fixed part; ``core.training.loop`` trains with it.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -17,10 +18,11 @@ import torch
 from torch import nn
 
 from core.config import RunConfig
-from core.data.datasets import Splits, load_splits
+from core.data.checkdata import IMBALANCE_WARNING
+from core.data.datasets import Splits, load_splits, targets_of
 from core.data.loaders import default_workers
 from core.data.safedata import SkipLog, Unreadable
-from core.data.sampler import EpochSampler
+from core.data.sampler import BalancedSampler, EpochSampler
 from core.data.transforms import Preprocessing
 from core.device import channels_last_ok, configure, seed_everything
 from core.errors import ConfigError
@@ -64,6 +66,11 @@ class Setup:
         return -(-self.sampler.usable // self.global_batch)
 
     @property
+    def updates_per_epoch(self) -> int:
+        """Optimiser updates in one epoch (what schedules count): one per ``--accumulate`` batches."""
+        return -(-self.steps_per_epoch // self.config.accumulate)
+
+    @property
     def total_steps(self) -> int:
         """Optimiser steps over the whole run."""
         return self.steps_per_epoch * sum(s.epochs for s in self.stages)
@@ -104,7 +111,8 @@ def build(config: RunConfig, strategy: SingleProcess, resume: ResumePoint | None
     workers = default_workers(device) if config.workers is None else config.workers
     # --batch-size is per device; a resumed run keeps its global batch on any number of workers.
     global_batch = int(restore.meta.get("global_batch_size", config.batch_size * strategy.world))
-    sampler = EpochSampler(len(splits.train), config.seed, strategy.shard, global_batch)
+    sampler = make_sampler(config, splits, strategy, global_batch)
+    notes += imbalance_notes(config, splits)
     cache = DataCache(splits, pre, device, config.data, recorded_paths(restore.meta or None))
     skips = SkipLog(config.strict)
     screened = [f"left out unreadable image {path}: {reason}" for path, _, reason in splits.unreadable]
@@ -115,6 +123,26 @@ def build(config: RunConfig, strategy: SingleProcess, resume: ResumePoint | None
         load_model_state(model, restore.point.tensors)
     return Setup(config, strategy, device, splits, model, info, pre, stages, forward, workers, global_batch,
                  sampler, cache, skips, restore, notes + cache.notes(), screened)
+
+
+def make_sampler(config: RunConfig, splits: Splits, strategy: SingleProcess, global_batch: int) -> EpochSampler:
+    """The run's sample order: every image once per epoch, or (``--sampler balanced``) every class equally often."""
+    if config.sampler == "balanced":
+        return BalancedSampler(targets_of(splits.train), config.seed, strategy.shard, global_batch)
+    return EpochSampler(len(splits.train), config.seed, strategy.shard, global_batch)
+
+
+def imbalance_notes(config: RunConfig, splits: Splits) -> list[str]:
+    """A run-log line suggesting the class-balance options when the training classes are skewed (as check-data warns)."""
+    if config.class_weights != "none" or config.sampler != "shuffle":
+        return []
+    counts = Counter(targets_of(splits.train))
+    sizes = [counts.get(i, 0) for i in range(len(splits.class_names))]
+    if not sizes or min(sizes) == 0 or max(sizes) / min(sizes) < IMBALANCE_WARNING:
+        return []
+    big, small = sizes.index(max(sizes)), sizes.index(min(sizes))
+    return [f"classes are imbalanced: largest/smallest = {max(sizes) / min(sizes):.1f} ({splits.class_names[big]} "
+            f"{max(sizes)}, {splits.class_names[small]} {min(sizes)}); consider --class-weights balanced or --sampler balanced"]
 
 
 def _data_and_model(config: RunConfig, strategy: SingleProcess, restore: Restore,

@@ -72,6 +72,8 @@ class EpochState:
     nonfinite: bool = False  # the last batch's loss was not finite and --skip-nonfinite skipped it
     pending: list[torch.Tensor] = field(default_factory=list)  # losses not yet synced to the host
     pending_batches: list[int] = field(default_factory=list)
+    pending_norms: list[torch.Tensor] = field(default_factory=list)  # --clip-grad: each update's norm before clipping
+    accumulate: int = 1  # batches per optimiser update (--accumulate)
     window_images: int = 0  # images since the last report, over all workers
     wait: float = 0.0  # seconds spent waiting for data since the last report
     window_start: float = field(default_factory=time.perf_counter)
@@ -81,6 +83,21 @@ class EpochState:
     def last_batch(self) -> bool:
         """True after the epoch's final batch."""
         return self.batch == self.batches
+
+    @property
+    def opens_update(self) -> bool:
+        """The current batch is the first of an accumulation group (every batch without --accumulate)."""
+        return (self.batch - 1) % self.accumulate == 0
+
+    @property
+    def closes_update(self) -> bool:
+        """The optimiser steps after the current batch: the last of its group, or of the epoch."""
+        return self.batch % self.accumulate == 0 or self.last_batch
+
+    def update_batches(self) -> range:
+        """The 1-based batches of the current batch's accumulation group."""
+        first = self.batch - (self.batch - 1) % self.accumulate
+        return range(first, min(first + self.accumulate, self.batches + 1))
 
     def totals(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(loss sum, correct, seen) so far on this rank."""
@@ -92,6 +109,11 @@ class EpochState:
         self.pending, self.pending_batches, self.window_images, self.wait = [], [], 0, 0.0
         self.window_start = time.perf_counter()
         return pending, batches
+
+    def take_norms(self) -> list[torch.Tensor]:
+        """The gradient norms not yet reported, clearing them."""
+        norms, self.pending_norms = self.pending_norms, []
+        return norms
 
 
 @dataclass
@@ -105,3 +127,4 @@ class StageRun:
     pipeline: Pipeline
     forward: nn.Module  # the pipeline's module, wrapped by the strategy (DDP with workers)
     criterion: nn.Module
+    mix: Any = None  # core.training.mixing.Mixer for a stage that mixes its batches, else None

@@ -148,6 +148,10 @@ class SingleProcess:
         """The global batch's mean loss from this rank's ``scaled_loss``, as one process would report it."""
         return loss
 
+    def accumulating(self, forward: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        """Where a batch's forward and backward run: ``sync`` false on an accumulation group's inner batches."""
+        return contextlib.nullcontext()
+
     def reseed(self, seed: int, step: int) -> None:
         """Give ranks other than 0 their own RNG stream (dropout masks differ); rank 0 keeps one process's."""
 
@@ -312,6 +316,11 @@ class DataParallel(SingleProcess):
     def mean_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """The ranks' terms summed, over the world size: the global batch's mean loss."""
         return self._all_sum(loss.detach().clone()) / self.world
+
+    def accumulating(self, forward: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        """DistributedDataParallel's ``no_sync`` on inner batches: gradients are all-reduced once per update."""
+        no_sync = getattr(forward, "no_sync", None)
+        return no_sync() if not sync and no_sync is not None else contextlib.nullcontext()
 
     def reseed(self, seed: int, step: int) -> None:
         """Ranks other than 0 get their own stream; rank 0 keeps one process's, so its checkpoints resume anywhere."""

@@ -141,3 +141,31 @@ async def test_a_run_stopped_after_an_epoch_resumes_from_the_runs_screen(tmp_pat
         stopped_at = next(r["epoch"] for r in records if r["event"] == "run_stopped")
         assert stopped_at == 1 and epochs == [1, 2, 3]  # each epoch once, none lost or repeated
         assert len(starts) == 2 and starts[1]["start_step"] == 12  # went on where it stopped
+
+
+async def test_a_run_with_ema_shows_its_accuracy_beside_the_live_one(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from textual.widgets import DataTable
+
+    monkeypatch.chdir(tmp_path)
+    app = make_app(runs_dir="runs", cursor_blink=False)
+    async with app.run_test(size=(110, 34)) as pilot:
+        await tiny_demo(pilot)
+        screen = app.screen
+        screen.field("mode").set_value("finetune")
+        for ident, value in (("epochs", "2"), ("ema", "0.9")):
+            screen.query_one(f"#{ident}", Input).value = value
+        await pilot.pause()
+        assert screen.config is not None and screen.config.ema == 0.9, screen.problem
+        await pilot.press("ctrl+r")
+        training = app.training
+        await wait_for(pilot, lambda: training.state in ("finished", "failed", "stopped"), timeout=300)
+        assert training.state == "finished", training.outcome
+        table = training.query_one("#epoch-table", DataTable)
+        labels = [str(c.label) for c in table.columns.values()]
+        assert labels[4:6] == ["val acc", "ema acc"], labels
+        reported = [json.loads(line) for line in (Path(training.run_dir) / "metrics.jsonl").read_text().splitlines()]
+        emas = [r["ema_val_accuracy"] for r in reported if r["event"] == "epoch_ended"]
+        assert [str(table.get_row_at(i)[5]) for i in range(table.row_count)] == [f"{100 * a:.1f}%" for a in emas]
+        done = next(r for r in reported if r["event"] == "run_finished")
+        assert done["kept_weights"] in ("live", "ema")
+        assert ("its EMA weights" in training.outcome) == (done["kept_weights"] == "ema")

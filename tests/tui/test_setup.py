@@ -136,3 +136,50 @@ async def test_load_config_fills_the_form(workspace: Path) -> None:
         loaded = app.screen.config
         assert loaded is not None
         assert loaded.command_line() == config.command_line()
+
+
+async def test_the_advanced_part_sets_ema_mixing_balance_accumulation_and_clipping(workspace: Path) -> None:
+    from textual.widgets import Checkbox, Collapsible
+    from textual.widgets._collapsible import CollapsibleTitle
+
+    engine = ScriptedEngine()
+    app = make_test_app(engine)
+    async with app.run_test(size=(110, 34)) as pilot:
+        screen = app.screen
+        screen.field("mode").set_value("finetune")  # a linear probe on cached features cannot mix images (its own test)
+        advanced = screen.query_one("#advanced", Collapsible)
+        assert advanced.collapsed  # out of the way until asked for
+        for _ in range(40):  # keyboard only: Tab to the part's title, Enter opens it
+            if isinstance(app.focused, CollapsibleTitle):
+                break
+            await pilot.press("tab")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not advanced.collapsed
+        await pilot.press("tab", "enter", "B", "enter")  # class weights: balanced
+        await pilot.press("tab", "tab", "ctrl+u", *"0.999", "tab", "ctrl+u", *"0.2", "tab", "tab", "tab", "ctrl+u", "2",
+                          "tab", "ctrl+u", "1", "tab", "space")  # EMA, MixUp, (CutMix, mix share), accumulate, clip, warm-up
+        await pilot.pause()
+        config = screen.config
+        assert config is not None, screen.problem
+        assert (config.class_weights, config.ema, config.mixup, config.accumulate, config.clip_grad, config.ema_warmup) == (
+            "balanced", 0.999, 0.2, 2, 1.0, True)
+        line = command_line(app)
+        for flag in ("--ema 0.999", "--ema-warmup", "--mixup 0.2", "--class-weights balanced", "--accumulate 2", "--clip-grad 1"):
+            assert flag in line, line
+        # A bad value is caught as typed, with the form's one-line message.
+        screen.query_one("#ema", Input).value = "1.5"
+        await pilot.pause()
+        assert screen.config is None and "EMA decay must be in (0, 1)" in screen.problem
+        screen.query_one("#ema", Input).value = "0.999"
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.training.state == "finished")
+        (started,) = engine.calls
+        assert started.command_line() == config.resolved().command_line()  # the engine gets it with the mode defaults filled
+        # A past run's settings come back into the advanced part too.
+        await app.new_run_from(RunConfig(mode="finetune", sampler="balanced", cutmix=1.0, mix_prob=0.5))
+        await pilot.pause()
+        loaded = app.screen.config
+        assert loaded is not None and (loaded.sampler, loaded.cutmix, loaded.mix_prob, loaded.ema_warmup) == ("balanced", 1.0, 0.5, False)
+        assert not app.screen.query_one("#ema-warmup", Checkbox).value

@@ -284,6 +284,21 @@ def runs_listed(screen: Any) -> bool:
     return bool(screen.query_one("ModelPicker").listed)
 
 
+async def _advanced(pilot: Pilot) -> None:
+    """Set-up with its advanced part open: EMA with warm-up, MixUp, accumulation and clipping on a fine-tune."""
+    from textual.widgets import Checkbox, Collapsible, Input
+
+    screen = pilot.app.screen
+    screen.field("mode").set_value("probe-then-finetune")
+    screen.query_one("#advanced", Collapsible).collapsed = False
+    for ident, value in (("ema", "0.999"), ("mixup", "0.2"), ("accumulate", "2"), ("clip-grad", "1")):
+        screen.query_one(f"#{ident}", Input).value = value
+    screen.query_one("#ema-warmup", Checkbox).value = True
+    await pilot.pause()
+    screen.query_one("#clip-grad", Input).focus()
+    await pilot.pause()
+
+
 async def _evaluated(pilot: Pilot) -> None:
     app = pilot.app
     await app.open_evaluate("runs/" + RUNS[1][0])
@@ -314,6 +329,7 @@ SCENES: tuple[Scene, ...] = (
     Scene("setup", (110, 34), make_test_app),
     Scene("setup-80x24", (80, 24), make_test_app),
     Scene("setup-demo-invalid", (110, 34), make_test_app, press=("ctrl+t", *["tab"] * 12, "ctrl+u", "0")),
+    Scene("setup-advanced", (110, 34), make_test_app, _advanced),
     Scene("training-running", (110, 34), lambda: make_test_app(ScriptedEngine(hold_at=20)), _to_training),
     Scene("training-running-80x24", (80, 24), lambda: make_test_app(ScriptedEngine(hold_at=20)), _to_training),
     Scene("training-cuda", (110, 34), lambda: make_test_app(ScriptedEngine(hold_at=33, device="cuda:0", device_name="NVIDIA H100 80GB HBM3"),

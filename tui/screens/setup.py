@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.validation import Function, Integer, ValidationResult
-from textual.widgets import Button, Footer, Input, Label, Static
+from textual.widgets import Button, Checkbox, Collapsible, Footer, Input, Label, Static
 
 from core import registry
 from core.config import MODE_DEFAULTS, PROBE_LR, RunConfig
@@ -50,9 +50,24 @@ def _fraction(value: str) -> bool:
         return False
 
 
+def _decay(value: str) -> bool:
+    try:
+        return float(value) == 0 or 0 < float(value) < 1
+    except ValueError:
+        return False
+
+
+def _not_negative(value: str) -> bool:
+    try:
+        return float(value) >= 0
+    except ValueError:
+        return False
+
+
 # Menus named after their RunConfig field (weights has its own path box, read apart).
-CHOICES = ("dataset", "backbone", "normalize", "mode", "augment", "scheduler", "optimizer", "bn", "keep", "device")
-FLOATS = ("lr", "layer_decay")  # number boxes holding a float; the others hold whole numbers
+CHOICES = ("dataset", "backbone", "normalize", "mode", "augment", "scheduler", "optimizer", "bn", "keep", "device",
+           "class_weights", "sampler")
+FLOATS = ("lr", "layer_decay", "ema", "mixup", "cutmix", "mix_prob", "clip_grad")  # float boxes; the others hold whole numbers
 
 
 # (id, label, RunConfig field, validators, placeholder)
@@ -66,6 +81,17 @@ NUMBERS: tuple[tuple[str, str, str, list[Any], str], ...] = (
     ("patience", "patience", "patience", [Integer(minimum=0, failure_description="patience must be a whole number of epochs, 0 for never")], ""),
     ("layer-decay", "layer decay", "layer_decay", [Function(_fraction, "layer decay must be a number in (0, 1], e.g. 0.7; 1 is off")], ""),
 )
+
+# The advanced part (issue 13): what timm and fastai users look for; each is off at its default.
+ADVANCED: tuple[tuple[str, str, str, list[Any], str], ...] = (
+    ("ema", "EMA decay", "ema", [Function(_decay, "EMA decay must be in (0, 1), e.g. 0.999; 0 is off")], ""),
+    ("mixup", "MixUp alpha", "mixup", [Function(_not_negative, "MixUp alpha must not be negative, e.g. 0.2; 0 is off")], ""),
+    ("cutmix", "CutMix alpha", "cutmix", [Function(_not_negative, "CutMix alpha must not be negative, e.g. 1.0; 0 is off")], ""),
+    ("mix-prob", "mix share", "mix_prob", [Function(_fraction, "mix share must be in (0, 1]; 1 mixes every batch")], ""),
+    ("accumulate", "accumulate", "accumulate", [Integer(minimum=1, failure_description="accumulate must be a whole number of batches, at least 1")], ""),
+    ("clip-grad", "clip grad norm", "clip_grad", [Function(_not_negative, "clip grad norm must not be negative, e.g. 1.0; 0 is off")], ""),
+)
+BOXES = NUMBERS + ADVANCED
 
 
 class SetupScreen(Screen[None]):
@@ -101,19 +127,30 @@ class SetupScreen(Screen[None]):
             yield ChoiceField("keep", registry.KEEP, value=base.keep, id="keep")
             yield ChoiceField("device", registry.DEVICES, value=base.device, id="device")
             with Grid(id="setup-numbers"):
-                for ident, label, field, validators, placeholder in NUMBERS:
-                    value = getattr(base, field)
-                    yield Label(label, classes="field-label", id=f"{ident}-label")
-                    yield Input("" if value is None else str(value), placeholder=placeholder, validators=validators,
-                                valid_empty=ident == "lr", compact=True, id=ident)
+                yield from self._boxes(NUMBERS, base)
             with Horizontal(id="name-row"):
                 yield Label("run name", classes="field-label")
                 yield Input(placeholder="automatic: time-backbone-mode", compact=True, id="run-name")
+            with Collapsible(title="advanced: EMA, MixUp/CutMix, class balance, accumulation, clipping", id="advanced"):
+                yield ChoiceField("class weights", registry.CLASS_WEIGHTS, value=base.class_weights, id="class_weights")
+                yield ChoiceField("sampler", registry.SAMPLERS, value=base.sampler, id="sampler")
+                with Grid(id="advanced-numbers"):
+                    yield from self._boxes(ADVANCED, base)
+                yield Checkbox("EMA warm-up (the decay ramps up over the first updates, as timm's use_warmup)",
+                               value=base.ema_warmup, compact=True, id="ema-warmup")
         yield Static("", id="command-line", classes="panel")
         with Horizontal(id="setup-actions"):
             yield Static("", id="setup-error")
             yield Button("Start ^r", variant="success", compact=True, id="start")
         yield Footer()
+
+    @staticmethod
+    def _boxes(boxes: tuple[tuple[str, str, str, list[Any], str], ...], base: RunConfig) -> ComposeResult:
+        for ident, label, field, validators, placeholder in boxes:
+            value = getattr(base, field)
+            yield Label(label, classes="field-label", id=f"{ident}-label")
+            yield Input("" if value is None else f"{value:g}" if isinstance(value, float) else str(value),
+                        placeholder=placeholder, validators=validators, valid_empty=ident == "lr", compact=True, id=ident)
 
     def on_mount(self) -> None:
         self.border_title = "set-up"
@@ -128,7 +165,7 @@ class SetupScreen(Screen[None]):
 
     def read_config(self) -> tuple[RunConfig | None, str]:
         """The configuration the form describes, or None and the first problem found."""
-        for ident, *_ in NUMBERS:
+        for ident, *_ in BOXES:
             box = self.query_one(f"#{ident}", Input)
             if ident == "probe-epochs" and self.field("mode").value != "probe-then-finetune":
                 continue
@@ -145,7 +182,8 @@ class SetupScreen(Screen[None]):
         values["weights"] = weights[len("file:"):] if weights.startswith("file:") else weights
         if values["weights"] == "":
             return None, "weights: type the path of a .safetensors file or a state dict"
-        for ident, _, field, _, _ in NUMBERS:
+        values["ema_warmup"] = self.query_one("#ema-warmup", Checkbox).value
+        for ident, _, field, _, _ in BOXES:
             text = self.query_one(f"#{ident}", Input).value.strip()
             if field in FLOATS:
                 if text:
@@ -187,6 +225,7 @@ class SetupScreen(Screen[None]):
 
     @on(ChoiceField.Changed)
     @on(Input.Changed)
+    @on(Checkbox.Changed)
     def _changed(self) -> None:
         # Loading a config changes a dozen fields at once: re-read the form once after them.
         if not self._refresh_pending:
@@ -205,7 +244,8 @@ class SetupScreen(Screen[None]):
             self.field(ident).set_value(getattr(config, ident))
         weights = config.weights
         self.field("weights").set_value(weights if registry.find(registry.WEIGHTS, weights) else "file:" + weights)
-        for ident, _, field, _, _ in NUMBERS:
+        self.query_one("#ema-warmup", Checkbox).value = config.ema_warmup
+        for ident, _, field, _, _ in BOXES:
             value = getattr(config, field)
             self.query_one(f"#{ident}", Input).value = "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
         self.query_one("#run-name", Input).value = ""

@@ -98,13 +98,18 @@ class TrainingScreen(JobScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#epoch-table", DataTable)
-        # Fixed widths: rows arrive one per epoch, and auto widths would shift as they come.
-        for label, width in (("ep", 3), ("stage", 8), ("train loss", 10), ("val loss", 8), ("val acc", 7), ("time", 7),
-                             ("train acc", 9), ("lr", 8), ("img/s", 7)):
-            table.add_column(label, width=width)
+        self._columns(ema=False)
         self.query_one("#epoch-table").border_title = "epochs"
         self.query_one("#run-log").border_title = "log"
+
+    def _columns(self, ema: bool) -> None:
+        """The epoch table's columns (a run with --ema gets its average's accuracy beside the live one's)."""
+        table = self.query_one("#epoch-table", DataTable)
+        table.clear(columns=True)
+        # Fixed widths: rows arrive one per epoch, and auto widths would shift as they come.
+        for label, width in (("ep", 3), ("stage", 8), ("train loss", 10), ("val loss", 8), ("val acc", 7),
+                             *((("ema acc", 7),) if ema else ()), ("time", 7), ("train acc", 9), ("lr", 8), ("img/s", 7)):
+            table.add_column(label, width=width)
 
     # -- starting and stopping ----------------------------------------------------------
 
@@ -180,19 +185,23 @@ class TrainingScreen(JobScreen):
                 self.query_one("#batch-count", Label).update(f"0/{event.batches}")
             case ev.EpochEnded():
                 self._epoch_ended(event)
-                log.write(f"epoch {event.epoch}/{event.total_epochs}: val acc {100 * event.val_accuracy:.2f}%, val loss {event.val_loss:.4f}")
+                ema = f", EMA val acc {100 * event.ema_val_accuracy:.2f}%" if event.ema_val_accuracy is not None else ""
+                log.write(f"epoch {event.epoch}/{event.total_epochs}: val acc {100 * event.val_accuracy:.2f}%{ema}, "
+                          f"val loss {event.val_loss:.4f}")
             case ev.RunStopped():
                 self.outcome = describe(event) or "stopped"
                 self.state = "stopped"
             case ev.RunFinished():
                 why = f"ended early ({event.reason})" if event.reason else "finished"
                 self.outcome = (f"{why}: val acc {100 * event.val_accuracy:.2f}% (kept the {event.kept} epoch, "
-                                f"{event.kept_epoch or event.epochs}); model {event.bundle}")
+                                f"{event.kept_epoch or event.epochs}{', its EMA weights' if event.kept_weights == 'ema' else ''}); "
+                                f"model {event.bundle}")
                 self.state = "finished"
 
     def _run_started(self, event: ev.RunStarted) -> None:
         self.run_dir, self.device, self.device_name = event.run_dir, event.device, event.device_name
         self.mode = str(event.config.get("mode", self.mode))
+        self._columns(ema=bool(event.config.get("ema")))
         # The engine's plan; an engine that does not say gets one stage over the whole run,
         # named by the stage events as they come.
         self.stages = list(event.stages)
@@ -216,7 +225,9 @@ class TrainingScreen(JobScreen):
         table = self.query_one("#epoch-table", DataTable)
         table.add_row(
             str(event.epoch), event.stage, f"{event.train_loss:.4f}", f"{event.val_loss:.4f}",
-            f"{100 * event.val_accuracy:.1f}%", format_seconds(event.seconds), f"{100 * event.train_accuracy:.1f}%",
+            f"{100 * event.val_accuracy:.1f}%",
+            *((f"{100 * event.ema_val_accuracy:.1f}%",) if event.ema_val_accuracy is not None else ()),
+            format_seconds(event.seconds), f"{100 * event.train_accuracy:.1f}%",
             f"{event.lr:.2e}", f"{event.images_per_sec:.0f}",
         )
         table.move_cursor(row=table.row_count - 1)
