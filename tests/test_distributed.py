@@ -164,6 +164,20 @@ def test_a_killed_worker_ends_the_job_and_its_checkpoint_resumes_on_one_worker(t
     assert largest_difference(weights(run_dir), weights(single_run)) < WEIGHT_TOLERANCE
 
 
+def test_two_workers_accumulating_gradients_train_like_one_process(tmp_path: Path) -> None:
+    """--accumulate 2: each worker skips the gradient all-reduce on the inner batch (DDP's no_sync) and the
+    update's gradient is still the global one: the weights one process gets accumulating the same batches."""
+    runs_dir = tmp_path / "runs"
+    config = RunConfig(**SETTINGS, batch_size=PER_DEVICE * WORKERS, accumulate=2, runs_dir=str(runs_dir), name="one")
+    assert isinstance(list(train(config))[-1], ev.RunFinished)
+    args = [sys.executable, "-m", "tui.cli", *cli_args(runs_dir, "two"), "--accumulate", "2", "--nproc-per-node", str(WORKERS),
+            "--dist-timeout", "30"]
+    result, _ = launch(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "one update per 2 batches (64 images)" in result.stdout
+    assert largest_difference(weights(runs_dir / "two"), weights(runs_dir / "one")) < WEIGHT_TOLERANCE
+
+
 def test_a_raising_worker_under_plain_torchrun_ends_the_job_with_its_error(tmp_path: Path) -> None:
     runs_dir = tmp_path / "runs"
     # Started the documented other way: torch's own launcher running the CLI module.
