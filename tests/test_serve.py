@@ -3,7 +3,9 @@
 Each test starts ``tlwork serve`` as a real subprocess on a free port, then talks to it the
 way a browser does: it fetches the page over HTTP and opens the page's websocket, over which
 textual-serve starts one app process and relays its terminal output; the set-up screen's text
-must come back. (No headless browser here: Chromium is not installable from PyPI alone.)
+must come back. A last test opens the page in headless Chromium (Debian's ``chromium``, driven
+by Playwright) and checks the app is drawn on it, not textual-serve's splash or a blank page;
+it skips where Chromium is not installed (.ci/run installs it).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -119,3 +122,38 @@ def test_a_bad_or_busy_port_is_a_usage_error(tmp_path: Path) -> None:
         _, stderr = busy.communicate(timeout=60)
     assert busy.returncode == 2
     assert f"tlwork: error: cannot listen on 127.0.0.1:{port}" in stderr and "pick another --port" in stderr
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def text_bands(png: bytes, bands: int = 20) -> int:
+    """How many of ``bands`` horizontal strips of a screenshot hold bright (text) pixels."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    grey = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    strips = np.array_split(grey, bands, axis=0)
+    return sum(int((strip > 150).sum() > 50) for strip in strips)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install chromium; .ci/run does)")
+def test_headless_chromium_renders_the_workbench(server: tuple[int, subprocess.Popen[str]]) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'")
+    port, _ = server
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 700})
+            page.goto(f"http://127.0.0.1:{port}/")
+            splash = text_bands(page.screenshot())
+            deadline, drawn = time.monotonic() + 90, 0
+            while time.monotonic() < deadline and drawn < 10:
+                page.wait_for_timeout(500)
+                drawn = text_bands(page.screenshot())  # xterm.js draws on a canvas: read the pixels
+        finally:
+            browser.close()
+    # The set-up screen's text runs from the top bar to the footer; the splash is one line in the middle.
+    assert drawn >= 10, f"the page shows text in only {drawn} of 20 strips (the splash showed {splash})"
