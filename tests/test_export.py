@@ -83,6 +83,26 @@ def test_classify_with_the_export_answers_as_the_run_in_every_format(exported_on
     assert [line.split(":")[0] for line in plain_run[1:-1]] == [line.split(":")[0] for line in plain_onnx[1:-1]] == images
 
 
+def test_a_run_on_an_hf_backbone_exports_and_classifies_as_the_run(tmp_path: Path) -> None:
+    """A Hugging Face ViT fine-tuned by tlwork (a tiny one saved with save_pretrained) exports like any run."""
+    from tinydata import CIFAR10_CLASSES, save_tiny_vit
+
+    from core.config import RunConfig
+    from core.training.train import train
+
+    vit = save_tiny_vit(tmp_path / "vit", labels=CIFAR10_CLASSES)
+    config = RunConfig(mode="finetune", backbone=f"hf:{vit}", weights="imagenet", dataset="demo", epochs=1, batch_size=64,
+                       device="cpu", workers=0, runs_dir=str(tmp_path / "runs"), name="vit")
+    done = list(train(config))[-1]
+    exported = runner.invoke(app, ["export", done.run_dir, "--format", "onnx", "--output", str(tmp_path / "vit.onnx")])
+    assert exported.exit_code == 0, exported.output
+    images = _photos(3)
+    for a, b in zip(_classify(done.run_dir, "--json", images), _classify(str(tmp_path / "vit.onnx"), "--json", images), strict=True):
+        ra, rb = json.loads(a), json.loads(b)
+        assert [p["label"] for p in ra["predictions"]] == [p["label"] for p in rb["predictions"]]
+        np.testing.assert_allclose([p["score"] for p in rb["predictions"]], [p["score"] for p in ra["predictions"]], atol=1e-3)
+
+
 def test_onnx_classify_imports_neither_torch_nor_torchvision(exported_onnx: Path) -> None:
     code = (
         "import atexit, json, sys\n"
