@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--fastai", metavar="PYTHON", help="also run fastai's fine_tune with this interpreter")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--section", help="the RESULTS.md section to write (default: recipes-cpu-<size>px)")
+    parser.add_argument("--title", default="Recipes on real data (CPU)", help="the section's heading")
     parser.add_argument("extra", nargs="*", help="more `tlwork run` options for every recipe (after --)")
     args = parser.parse_args()
     if not DATA.is_dir() or not WEIGHTS.is_file():
@@ -156,7 +157,7 @@ def main() -> None:
         lines.append(f"| `{r['name']}`: {what} | {per_epoch} | {pct(r['probe_best'])} | {pct(r['first_tune'])} "
                      f"| {pct(r['kept'])} (epoch {r['kept_epoch']}{weights}) | {r['seconds']:.0f} s | {r['seconds'] / base:.2f}x |")
     lines += ["", f"Command: `python bench/recipes.py {' '.join(sys.argv[1:])}`; wall time is the whole `tlwork run` process."]
-    table = "## Recipes on real data (CPU)\n\n" + "\n".join(lines) + "\n"
+    table = f"## {args.title}\n\n" + "\n".join(lines) + "\n"
     print(table)
     if not args.no_write:
         write_section(Path(args.out), args.section or f"recipes-cpu-{args.size:03d}px", table)
