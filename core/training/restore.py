@@ -114,7 +114,8 @@ class Restore:
         for name, param in getattr(model, "_orig_mod", model).named_parameters():
             saved = self.point.tensors.get(GRAD_PREFIX + name)
             if saved is not None:
-                param.grad = saved.to(device=param.device, dtype=param.dtype)
+                # In the parameter's own memory layout (channels_last), as autograd would have made it.
+                param.grad = torch.empty_like(param).copy_(saved)
 
     def rng(self, stage_index: int) -> None:
         """Torch's, Python's and NumPy's RNGs, last before the stage's first batch."""

@@ -169,3 +169,26 @@ async def test_a_run_with_ema_shows_its_accuracy_beside_the_live_one(tmp_path: P
         done = next(r for r in reported if r["event"] == "run_finished")
         assert done["kept_weights"] in ("live", "ema")
         assert ("its EMA weights" in training.outcome) == (done["kept_weights"] == "ema")
+
+
+async def test_a_finished_run_exports_to_onnx_from_the_runs_screen(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install -e '.[test]'")
+    from tui.screens.runs import RunsScreen
+
+    monkeypatch.chdir(tmp_path)
+    app = make_app(runs_dir="runs", cursor_blink=False)
+    async with app.run_test(size=(110, 34)) as pilot:
+        await tiny_demo(pilot)
+        await pilot.press("ctrl+r")
+        training = app.training
+        await wait_for(pilot, lambda: training.state in ("finished", "failed", "stopped"), timeout=300)
+        assert training.state == "finished", training.outcome
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: runs_listed(app.screen))
+        screen = app.screen
+        assert isinstance(screen, RunsScreen) and screen.check_action("export", ()) is True
+        await pilot.press("o")
+        await wait_for(pilot, lambda: screen.exported is not None, timeout=300)
+        onnx = Path(training.run_dir) / "model.onnx"
+        assert screen.exported.path == str(onnx) and onnx.is_file()  # type: ignore[attr-defined]
+        assert screen.exported.top1_agreement == 1.0  # type: ignore[attr-defined]

@@ -1,6 +1,7 @@
 """The runs screen: past runs with status and key figures, and what to do with one.
 
-Enter on a run opens its actions: evaluate it, classify with it, start a new run from its
+Enter on a run opens its actions: evaluate it, classify with it, export it to ONNX (``o``:
+``tlwork export`` in a thread worker, parity check included), start a new run from its
 settings (config.json loads into the set-up screen), or compare it with a marked run,
 which draws both runs' per-epoch training and validation loss on shared scales. The list
 is read with ``core.runs.store.list_runs``, which tolerates damaged and running runs; it
@@ -18,9 +19,10 @@ from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
-from textual.worker import Worker
+from textual.worker import Worker, WorkerState
 
 from core.config import RunConfig
+from core.errors import is_user_error
 from core.runs.store import RunSummary, list_runs, read_config, read_metrics
 from tui.jobs import finished_listing
 from tui.screens.dialogs import ActionsScreen
@@ -58,6 +60,7 @@ class RunsScreen(Screen[None]):
         Binding("enter", "open", "Open", show=False),
         Binding("e", "evaluate", "Evaluate"),
         Binding("c", "classify", "Classify"),
+        Binding("o", "export", "Export ONNX"),
         Binding("n", "new_from", "Reuse settings"),
         Binding("u", "resume", "Resume"),
         Binding("m", "mark", "Mark"),
@@ -72,6 +75,8 @@ class RunsScreen(Screen[None]):
         self.compared: tuple[str, str] | None = None
         self.listed = False  # the last ``reload`` has filled the table
         self._listing: Worker[list[RunSummary]] | None = None
+        self._exporting: Worker[object] | None = None
+        self.exported: object | None = None  # the last export's core.inference.export.Exported
 
     def compose(self) -> ComposeResult:
         yield NavBar("runs")
@@ -165,6 +170,8 @@ class RunsScreen(Screen[None]):
             return run is not None
         if action == "resume":
             return resumable(run)
+        if action == "export":
+            return run is not None and run.has_bundle
         if action == "compare":
             return run is not None and self.marked is not None and self.marked != run.path
         return True
@@ -175,7 +182,8 @@ class RunsScreen(Screen[None]):
             return
         actions = []
         if run.has_bundle:
-            actions += [("evaluate", "Evaluate this run's model"), ("classify", "Classify images with it")]
+            actions += [("evaluate", "Evaluate this run's model"), ("classify", "Classify images with it"),
+                        ("export", "Export it to ONNX (parity-checked against PyTorch)")]
         if resumable(run):
             actions.append(("resume", "Resume it from its last checkpoint"))
         actions.append(("new_from", "New run from its settings"))
@@ -196,6 +204,33 @@ class RunsScreen(Screen[None]):
     async def action_classify(self) -> None:
         if self.current is not None:
             await self.app.open_classify(self.current.path)
+
+    def action_export(self) -> None:
+        run = self.current
+        if run is None or not run.has_bundle:
+            return
+        self.notify(f"exporting {run.name} to ONNX, checking it against PyTorch on its validation images")
+        self._exporting = self.export_onnx(run.path)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="export")
+    def export_onnx(self, run_dir: str) -> object:
+        """``tlwork export RUN --format onnx``, off the UI thread (model.onnx beside the bundle)."""
+        from core.inference.export import export_onnx
+
+        return export_onnx(run_dir, runs_dir=self.app.runs_dir)
+
+    @on(Worker.StateChanged)
+    def _exported(self, event: Worker.StateChanged) -> None:
+        if event.worker is not self._exporting or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+            return
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self.notify(str(error) if is_user_error(error) else f"export failed: {type(error).__name__}: {error}",
+                        severity="error", timeout=15)
+            return
+        done = self.exported = event.worker.result
+        self.notify(f"wrote {done.path}: largest logit difference {done.max_logit_diff:.2g} and top-1 agreement "
+                    f"{done.top1_agreement:.0%} on {done.checked_on}", timeout=15)
 
     def _config(self, run: RunSummary) -> RunConfig | None:
         """The run's config.json, or None (with a notification) when it is missing or damaged."""
