@@ -267,6 +267,32 @@ class ClassificationStopped:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class Mistake:
+    """One scored image, for the mistakes gallery: its file, labels, the predicted probability and its loss."""
+
+    path: str
+    true: str
+    pred: str
+    prob: float  # the predicted class's probability
+    loss: float  # cross-entropy against the true label
+    index: int  # position in the scored split
+    top: tuple[tuple[str, float], ...]  # the five most probable classes, most probable first
+
+
+@dataclass(frozen=True, slots=True)
+class MistakesFound:
+    """The highest-loss images of a scored split (filtered by true/predicted class), highest first."""
+
+    model: str
+    dataset: str
+    split: str
+    images: int  # images scored
+    matched: int  # images that passed the class filters
+    class_names: tuple[str, ...]
+    mistakes: tuple[Mistake, ...]
+
+
 Event = Union[
     RunStarted,
     StageStarted,
@@ -287,6 +313,7 @@ Event = Union[
     ImageFailed,
     ClassificationEnded,
     ClassificationStopped,
+    MistakesFound,
 ]
 
 

@@ -1,5 +1,5 @@
 """The headless command line: ``tlwork run``, ``eval``, ``runs``, ``backbones``, ``classify``,
-``check-data`` and ``export`` (and the app).
+``check-data``, ``export``, ``mistakes`` and ``lr-find`` (and the app).
 
 Every command is a thin loop over an engine generator, rendered by ``tui.render``. Choices
 and their help come from ``core.registry``, the same lists the Textual menus show. Nothing
@@ -186,6 +186,10 @@ def run(
     dataset: str = typer.Option("cifar10", help=_choice_help(registry.DATASETS)),
     data_dir: str = typer.Option("data", help="where CIFAR-10/100 are downloaded or found"),
     val_split: float = typer.Option(0.1, help="fraction of training images held out for validation when the dataset has no test/val split"),
+    exclude: Optional[str] = typer.Option(
+        None, metavar="FILE", help="leave out the images this text file lists (one path per line; e.g. the marks of "
+        "tlwork mistakes or the TUI's Mistakes view) from training and validation; nothing is moved or deleted",
+    ),
     augment: Optional[str] = typer.Option(None, help="default: none for probing, crop-flip otherwise. " + _choice_help(registry.AUGMENTATIONS)),
     scheduler: Optional[str] = typer.Option(None, help="default: none for probing, cosine for probe-then-finetune, step otherwise. " + _choice_help(registry.SCHEDULERS)),
     optimizer: str = typer.Option("sgd", help=_choice_help(registry.OPTIMIZERS)),
@@ -278,6 +282,7 @@ def run(
         values.pop(key, None)
     values["batch_size"] = _batch_size(batch_size)
     values["log"] = tuple(log or ())
+    values["exclude"] = os.path.abspath(os.path.expanduser(exclude)) if exclude else None  # config.json: from anywhere
     spawn = nproc_per_node is not None and not launch.in_worker()  # under torchrun already: be a worker
     if launch.in_worker() and ctx.get_parameter_source("dist_timeout").name != "DEFAULT":  # type: ignore[union-attr]
         os.environ["TLWORK_DIST_TIMEOUT"] = f"{dist_timeout:g}"  # a plain torchrun start: the option still counts
@@ -487,6 +492,9 @@ app.command("serve")(_serve)
 from tui.export_cmd import export as _export  # noqa: E402 - imports torch only when it runs
 
 app.command("export")(_export)
+from tui.mistakes_cmd import mistakes as _mistakes  # noqa: E402 - imports torch only when it runs
+
+app.command("mistakes")(_mistakes)
 
 
 def main() -> None:
