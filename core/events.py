@@ -293,6 +293,41 @@ class MistakesFound:
     mistakes: tuple[Mistake, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class LrFindProgressed:
+    """The learning-rate range test of ``stage`` reached ``step`` of ``steps`` (smoothed loss at rate ``lr``)."""
+
+    stage: str
+    step: int
+    steps: int
+    lr: float
+    loss: float
+
+
+@dataclass(frozen=True, slots=True)
+class LrFound:
+    """A stage's range test: the curve (rates and smoothed losses) and the rate it suggests, with the rule and why."""
+
+    stage: str  # probe | finetune | partial
+    mode: str
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]  # smoothed (fastai's and Lightning's debiased moving average)
+    suggestion: float
+    rule: str  # the rule that chose the suggestion: steepest (descent)
+    reason: str
+    valley: float
+    steepest: float
+    diverged: bool  # the test stopped early: the loss passed the divergence threshold
+
+
+@dataclass(frozen=True, slots=True)
+class LrFindStopped:
+    """The range test stopped on request; nothing was suggested and the model is as it was."""
+
+    stage: str
+    step: int
+
+
 Event = Union[
     RunStarted,
     StageStarted,
@@ -314,6 +349,9 @@ Event = Union[
     ClassificationEnded,
     ClassificationStopped,
     MistakesFound,
+    LrFindProgressed,
+    LrFound,
+    LrFindStopped,
 ]
 
 
