@@ -328,6 +328,16 @@ class LrFindStopped:
     step: int
 
 
+@dataclass(frozen=True, slots=True)
+class ImageExplained:
+    """A Grad-CAM overlay of ``path`` for its predicted ``label`` was written to ``png``."""
+
+    path: str
+    png: str
+    label: str
+    prob: float
+
+
 Event = Union[
     RunStarted,
     StageStarted,
@@ -352,6 +362,7 @@ Event = Union[
     LrFindProgressed,
     LrFound,
     LrFindStopped,
+    ImageExplained,
 ]
 
 
