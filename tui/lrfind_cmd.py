@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import sys
 from typing import Any
 
@@ -83,20 +84,31 @@ def record(found: list[Any]) -> dict[str, Any]:
 
 
 def plot(found: Any, width: int = 78, height: int = 18, color: bool = True) -> str:
-    """The stage's curve as a plotext chart (log-scale rate), the suggestion marked by a vertical line and a point."""
+    """The stage's curve as a plotext chart, the suggestion marked (``draw``)."""
     import plotext as plt
 
     plt.clear_figure()
     plt.plotsize(width, height)
     plt.theme("pro" if color else "clear")
-    plt.xscale("log")
-    plt.plot(list(found.lrs), list(found.losses), marker="braille", label="smoothed loss")
-    plt.vline(found.suggestion, "red")
-    i = min(range(len(found.lrs)), key=lambda k: abs(found.lrs[k] - found.suggestion))
-    plt.scatter([found.lrs[i]], [found.losses[i]], marker="●", color="red", label=f"{found.rule} {found.suggestion:.2g}")
+    draw(plt, [found])
     plt.title(f"{found.stage}: loss against learning rate")
-    plt.xlabel("learning rate (log)")
     return str(plt.build())
+
+
+def draw(plt: Any, found: list[Any], colours: tuple[str, ...] = ("cyan", "magenta")) -> None:
+    """Each stage's smoothed loss against the rate (log scale, decade ticks) on plotext's API ``plt``
+    (the plotext module, or textual-plotext's ``PlotextPlot.plt``), its suggestion marked by a
+    vertical line and a point."""
+    plt.xscale("log")
+    lrs = [lr for f in found for lr in f.lrs]
+    decades = range(math.floor(math.log10(min(lrs))), math.ceil(math.log10(max(lrs))) + 1) if lrs else range(0)
+    plt.xticks([10.0**d for d in decades], [f"1e{d}" for d in decades])
+    plt.xlabel("learning rate")
+    for f, colour in zip(found, colours):
+        plt.plot(list(f.lrs), list(f.losses), marker="braille", color=colour, label=f"{f.stage} (smoothed loss)")
+        plt.vline(f.suggestion, "red")
+        i = min(range(len(f.lrs)), key=lambda k: abs(math.log(f.lrs[k] / f.suggestion)))
+        plt.scatter([f.lrs[i]], [f.losses[i]], marker="●", color="red", label=f"{f.rule} {f.suggestion:.2g}")
 
 
 def _signature() -> inspect.Signature:

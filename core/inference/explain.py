@@ -62,19 +62,17 @@ class Explainer:
     """Grad-CAM overlays for one loaded classifier (a tlwork bundle)."""
 
     def __init__(self, clf: Classifier) -> None:
-        from pytorch_grad_cam import GradCAM
-
         if clf.info is None or clf.transform is not None:
             raise ConfigError(f"--explain: {clf.name} is not a tlwork run or bundle; Grad-CAM here explains {EXPLAINABLE}")
         self.clf = clf
         self.model = clf.model.to(memory_format=torch.contiguous_format)
         self.layer = target_layer(self.model, clf.info, clf.preprocessing.size)
-        self.cam = GradCAM(model=self.model, target_layers=[self.layer])
         self.transform = eval_transform(clf.preprocessing)
 
     def overlay(self, image: Image.Image) -> tuple[Image.Image, str, float]:
         """(the image with the predicted class's heatmap over it, the predicted class, its probability)."""
         import numpy as np
+        from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.image import show_cam_on_image
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -82,7 +80,8 @@ class Explainer:
         with torch.inference_mode():
             probs = self.model(x).float().softmax(1)[0]
         pred = int(probs.argmax())
-        heat = self.cam(input_tensor=x, targets=[ClassifierOutputTarget(pred)])[0]
+        with GradCAM(model=self.model, target_layers=[self.layer]) as cam:  # its hooks live for this image only
+            heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(pred)])[0]
         scale = max(1.0, MIN_SIDE / min(image.size))
         size = (round(image.width * scale), round(image.height * scale))
         base = np.asarray(image.convert("RGB").resize(size, Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
