@@ -137,3 +137,15 @@ def test_write_marks_keeps_each_path_once_sorted_and_read_back(tmp_path: Path) -
     file = write_marks(tmp_path / "sub" / "marks.txt", ["b.jpg", "a.jpg", "./b.jpg"])
     assert file.read_text().splitlines() == [str(Path("a.jpg").resolve()), str(Path("b.jpg").resolve())]
     assert read_marks(tmp_path / "absent.txt") == set()
+
+
+def test_a_training_only_folder_is_scored_whole_by_its_class_folders(finished_run: FinishedRun, tmp_path: Path) -> None:
+    from tinydata import make_image_folder
+
+    folder = make_image_folder(tmp_path / "only-train", layout="train-only", train=4)
+    result = tlwork("mistakes", str(finished_run.run_dir), "--dataset", f"imagefolder:{folder}", "--top", "10",
+                    "--device", "cpu", "--json")
+    assert result.returncode == 0, result.stderr
+    entries = json.loads(result.stdout)
+    assert len(entries) == 10
+    assert all(Path(e["path"]).parent.name == e["true"] and Path(e["path"]).parent.parent.name == "train" for e in entries)

@@ -228,8 +228,9 @@ def load_eval_set(spec: str, data_dir: str = "data", val_split: float = 0.1, see
     """What ``tlwork eval --dataset spec`` scores: the test split, or every image of a folder without one.
 
     A folder holding only ``test/`` or ``val/`` (most published test sets) is scored whole
-    under that folder's name; class folders directly in the folder are scored whole as
-    ``all`` (a held-out slice would hide most of them). Either may hold a single class.
+    under that folder's name; class folders directly in the folder, or in its ``train/``
+    alone, are scored whole as ``all`` (a held-out slice would hide most of them). Either may
+    hold a single class.
     """
     if spec in CIFAR_URLS or spec == "demo":
         splits = load_splits(spec, data_dir, val_split, seed, scoring=True)
@@ -238,7 +239,7 @@ def load_eval_set(spec: str, data_dir: str = "data", val_split: float = 0.1, see
     if layout.train is not None and layout.test is not None:
         splits = load_splits(spec, data_dir, val_split, seed, scoring=True)
         return EvalSet(splits.test, "test", splits.class_names, splits.native_size)
-    folder = layout.test or layout.root
+    folder = layout.test or layout.train or layout.root  # root/train/ alone: its class folders, scored whole
     samples, names = scan_class_folders(folder)
     if not samples:
         raise DataError(f"{folder}: no images found; expected {folder}/<class>/<image>.jpg")
