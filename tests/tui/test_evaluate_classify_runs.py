@@ -7,7 +7,18 @@ from typing import Any
 
 from textual.widgets import DataTable, Input, OptionList, Static
 from tui_fixtures import (
-    CLASSES, CONFUSION, PTF, RUNS, Held, ScriptedEngine, fake_classify, fake_evaluate, make_test_app, recording, runs_listed, wait_for,
+    CLASSES,
+    CONFUSION,
+    PTF,
+    RUNS,
+    Held,
+    ScriptedEngine,
+    fake_classify,
+    fake_evaluate,
+    make_test_app,
+    recording,
+    runs_listed,
+    wait_for,
 )
 
 from core import events as ev
