@@ -14,6 +14,7 @@ import json
 import re
 import shlex
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from core import registry
@@ -64,6 +65,7 @@ class RunConfig:
     dataset: str = "cifar10"
     data_dir: str = "data"
     val_split: float = 0.1
+    exclude: str | None = None  # a text file of image paths left out of training and validation (issue 14)
     augment: Augment | None = None
     scheduler: Scheduler | None = None
     optimizer: Optimizer = "sgd"
@@ -165,6 +167,8 @@ class RunConfig:
             raise ConfigError(f"--batch-size must be at least 1, or auto (got {self.batch_size!r})")
         if self.image_size < MIN_IMAGE_SIZE:
             raise ConfigError(f"--image-size must be at least {MIN_IMAGE_SIZE} (got {self.image_size})")
+        if self.exclude is not None and not Path(self.exclude).expanduser().is_file():
+            raise ConfigError(f"--exclude {self.exclude}: no such file; give a text file of image paths, one per line")
         if not 0.0 <= self.val_split < 1.0:
             raise ConfigError(f"--val-split must be in [0, 1) (got {self.val_split}); try 0.1")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -271,6 +271,77 @@ class ClassificationStopped:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class Mistake:
+    """One scored image, for the mistakes gallery: its file, labels, the predicted probability and its loss."""
+
+    path: str
+    true: str
+    pred: str
+    prob: float  # the predicted class's probability
+    loss: float  # cross-entropy against the true label
+    index: int  # position in the scored split
+    top: tuple[tuple[str, float], ...]  # the five most probable classes, most probable first
+
+
+@dataclass(frozen=True, slots=True)
+class MistakesFound:
+    """The highest-loss images of a scored split (filtered by true/predicted class), highest first."""
+
+    model: str
+    dataset: str
+    split: str
+    images: int  # images scored
+    matched: int  # images that passed the class filters
+    class_names: tuple[str, ...]
+    mistakes: tuple[Mistake, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LrFindProgressed:
+    """The learning-rate range test of ``stage`` reached ``step`` of ``steps`` (smoothed loss at rate ``lr``)."""
+
+    stage: str
+    step: int
+    steps: int
+    lr: float
+    loss: float
+
+
+@dataclass(frozen=True, slots=True)
+class LrFound:
+    """A stage's range test: the curve (rates and smoothed losses) and the rate it suggests, with the rule and why."""
+
+    stage: str  # probe | finetune | partial
+    mode: str
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]  # smoothed (fastai's and Lightning's debiased moving average)
+    suggestion: float
+    rule: str  # the rule that chose the suggestion: steepest (descent)
+    reason: str
+    valley: float
+    steepest: float
+    diverged: bool  # the test stopped early: the loss passed the divergence threshold
+
+
+@dataclass(frozen=True, slots=True)
+class LrFindStopped:
+    """The range test stopped on request; nothing was suggested and the model is as it was."""
+
+    stage: str
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageExplained:
+    """A Grad-CAM overlay of ``path`` for its predicted ``label`` was written to ``png``."""
+
+    path: str
+    png: str
+    label: str
+    prob: float
+
+
 Event = Union[
     RunStarted,
     StageStarted,
@@ -291,6 +362,11 @@ Event = Union[
     ImageFailed,
     ClassificationEnded,
     ClassificationStopped,
+    MistakesFound,
+    LrFindProgressed,
+    LrFound,
+    LrFindStopped,
+    ImageExplained,
 ]
 
 

@@ -26,7 +26,7 @@ from textual.worker import Worker
 from core.config import RunConfig
 from core.errors import is_user_error
 from tui import engines
-from tui.engines import Engine, Memory
+from tui.engines import Engine, Memory, Overlay
 from tui.screens.classify import ClassifyScreen
 from tui.screens.dialogs import ConfirmScreen, ErrorScreen
 from tui.screens.evaluate import EvaluateScreen
@@ -69,6 +69,9 @@ class Workbench(App[None]):
         browse_dir: str = ".",
         memory: Memory = engines.device_memory,
         cursor_blink: bool = True,
+        lr_finder: Engine = engines.lr_find,
+        mistake_finder: Engine = engines.mistakes,
+        overlayer: Overlay = engines.overlay,
     ) -> None:
         super().__init__()
         self.engine = engine
@@ -81,6 +84,9 @@ class Workbench(App[None]):
         self.memory = memory
         self.cursor_blink = cursor_blink
         self.hangup_installed = False
+        self.lr_finder = lr_finder  # issue 14: the LR finder (set-up), the mistakes gallery and Grad-CAM
+        self.mistake_finder = mistake_finder
+        self.overlayer = overlayer
 
     def on_mount(self) -> None:
         if not self.cursor_blink:

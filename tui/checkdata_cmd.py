@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -26,6 +26,9 @@ EXIT_UNREADABLE = EXIT_UNAVAILABLE  # some images cannot be read
 def check_data(
     dataset: str = typer.Argument(..., help="demo, cifar10, cifar100, imagefolder:PATH, or a folder of class folders"),
     data_dir: str = typer.Option("data", help="where CIFAR-10/100 are found"),
+    exclude: Optional[str] = typer.Option(
+        None, metavar="FILE", help="leave out the images this text file lists (one path per line), as tlwork run --exclude does"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the whole report as one JSON object"),
 ) -> None:
     """Check a dataset: unreadable, truncated, zero-byte and oversized images, odd modes, class balance, train/test duplicates.
@@ -33,10 +36,12 @@ def check_data(
     Exits 0 when every image can be read and 3 when some cannot.
     """
     from core.data.checkdata import check_dataset
+    from core.data.exclude import read_exclude
     from tui.cli import user_errors
 
     with user_errors(), _progress() as progress:
-        report = check_dataset(dataset, data_dir=data_dir, progress=progress)
+        excluded = read_exclude(exclude) if exclude is not None else frozenset()
+        report = check_dataset(dataset, data_dir=data_dir, progress=progress, exclude=excluded)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
     else:
@@ -53,6 +58,8 @@ def report_lines(report: Any) -> list[str]:
     parts = ", ".join(f"{s.name} {s.images}" for s in splits)
     verdict = "all images readable" if report.ok else f"{len(report.problems)} image(s) cannot be used"
     lines = [f"{report.dataset}: {total} images ({parts}), {len(splits[0].class_counts)} classes; {verdict}"]
+    if report.excluded:
+        lines.append(f"left out {report.excluded} image(s) listed in the --exclude file (nothing was moved or deleted)")
     for split in splits:
         counts = split.class_counts
         width = max((len(c) for c in counts), default=5)

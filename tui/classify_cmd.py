@@ -185,6 +185,10 @@ def classify(
     device: str = typer.Option("auto", help="auto, cuda, cuda:N, mps or cpu"),
     runs_dir: str = typer.Option("runs", help="where run names and 'last' are looked up"),
     workers: Optional[int] = typer.Option(None, help="image-decoding processes (default: 0 on CPU, up to 8 beside a GPU)"),
+    explain: Optional[str] = typer.Option(
+        None, "--explain", metavar="DIR", help="also write DIR/<image>.png per image: the image with the Grad-CAM heatmap "
+        "of the predicted class over it (a tlwork run or bundle with a convolutional backbone)",
+    ),
 ) -> None:
     """Classify images with a trained run, a bundle or a Hugging Face model; prints the top-k labels.
 
@@ -204,6 +208,7 @@ def classify(
         raise fail(f"--workers must not be negative (got {workers})")
     from core.inference.classify import classify as run_classify
 
+    explained = _explain(model, list(inputs), explain, runs_dir, device) if explain is not None else []
     data_out = as_json or as_csv
     view: Any
     if as_json:
@@ -230,5 +235,18 @@ def classify(
                     typer.echo(f"tlwork: {summary(event)}", err=True)
     finally:
         view.close()
+    if explain is not None:
+        typer.echo(f"tlwork: wrote {len(explained)} Grad-CAM overlay(s) to {explain}", err=data_out)
     if failed:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _explain(model: str, inputs: list[str], out_dir: str, runs_dir: str, device: str) -> list[ev.ImageExplained]:
+    """Write the Grad-CAM overlays first, so a model that cannot be explained fails before any output."""
+    from core.inference.classify import expand_inputs, resolve_ref
+    from core.inference.explain import explain
+    from tui.cli import user_errors
+
+    with user_errors():
+        events = list(explain(resolve_ref(model, runs_dir), expand_inputs(inputs), out_dir, runs_dir=runs_dir, device=device))
+    return [e for e in events if isinstance(e, ev.ImageExplained)]

@@ -1,5 +1,5 @@
 """The headless command line: ``tlwork run``, ``eval``, ``runs``, ``backbones``, ``classify``,
-``check-data`` and ``export`` (and the app).
+``check-data``, ``export``, ``mistakes`` and ``lr-find`` (and the app).
 
 Every command is a thin loop over an engine generator, rendered by ``tui.render``. Choices
 and their help come from ``core.registry``, the same lists the Textual menus show. Nothing
@@ -186,6 +186,10 @@ def run(
     dataset: str = typer.Option("cifar10", help=_choice_help(registry.DATASETS)),
     data_dir: str = typer.Option("data", help="where CIFAR-10/100 are downloaded or found"),
     val_split: float = typer.Option(0.1, help="fraction of training images held out for validation when the dataset has no test/val split"),
+    exclude: Optional[str] = typer.Option(
+        None, metavar="FILE", help="leave out the images this text file lists (one path per line; e.g. the marks of "
+        "tlwork mistakes or the TUI's Mistakes view) from training and validation; nothing is moved or deleted",
+    ),
     augment: Optional[str] = typer.Option(None, help="default: none for probing, crop-flip otherwise. " + _choice_help(registry.AUGMENTATIONS)),
     scheduler: Optional[str] = typer.Option(None, help="default: none for probing, cosine for probe-then-finetune, step otherwise. " + _choice_help(registry.SCHEDULERS)),
     optimizer: str = typer.Option("sgd", help=_choice_help(registry.OPTIMIZERS)),
@@ -291,11 +295,7 @@ def run(
     infinite; 7 out of memory; 8 checkpoint could not be written (disk full); 130 second
     Ctrl+C. After 6, 7 and 8 the last good checkpoint is kept.
     """
-    values = dict(locals())
-    for key in ("as_json", "resume", "ctx", *launch.LAUNCH_OPTIONS):
-        values.pop(key, None)
-    values["batch_size"] = _batch_size(batch_size)
-    values["log"] = tuple(log or ())
+    values = config_values(dict(locals()))
     spawn = nproc_per_node is not None and not launch.in_worker()  # under torchrun already: be a worker
     if launch.in_worker() and ctx.get_parameter_source("dist_timeout").name != "DEFAULT":  # type: ignore[union-attr]
         os.environ["TLWORK_DIST_TIMEOUT"] = f"{dist_timeout:g}"  # a plain torchrun start: the option still counts
@@ -310,15 +310,30 @@ def run(
             _spawn(launch.resume_argv(resume, runs_dir, given, as_json), *workers)
         _train_until_done(events, as_json)
         return
-    try:
-        config = RunConfig(**values).resolved()
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    config = run_config(values)
     if spawn:
         _spawn(launch.run_argv(config.command_line(), as_json), *workers)
     from core.training.train import train
 
     _train_until_done(lambda stop: train(config, stop=stop), as_json)
+
+
+def config_values(options: dict[str, Any]) -> dict[str, Any]:
+    """``run``'s options (as ``locals()``) as ``RunConfig`` fields: what ``run`` and ``lr-find`` share."""
+    values = {k: v for k, v in options.items() if k not in ("as_json", "resume", "ctx", *launch.LAUNCH_OPTIONS)}
+    values["batch_size"] = _batch_size(values["batch_size"])
+    values["log"] = tuple(values["log"] or ())
+    exclude = values["exclude"]
+    values["exclude"] = os.path.abspath(os.path.expanduser(exclude)) if exclude else None  # config.json: from anywhere
+    return values
+
+
+def run_config(values: dict[str, Any]) -> RunConfig:
+    """The resolved config, or a one-line usage error."""
+    try:
+        return RunConfig(**values).resolved()
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
 
 
 def _spawn(argv: list[str], nproc: int, nnodes: str, node_rank: int, endpoint: str | None, timeout: float) -> None:
@@ -505,6 +520,12 @@ app.command("serve")(_serve)
 from tui.export_cmd import export as _export  # noqa: E402 - imports torch only when it runs
 
 app.command("export")(_export)
+from tui.mistakes_cmd import mistakes as _mistakes  # noqa: E402 - imports torch only when it runs
+
+app.command("mistakes")(_mistakes)
+from tui.lrfind_cmd import lr_find_command as _lr_find  # noqa: E402 - imports torch only when it runs
+
+app.command("lr-find")(_lr_find)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from core.config import RunConfig
 
 Engine = Callable[..., Iterator[Any]]
 Memory = Callable[[str], dict[str, float]]
+Overlay = Callable[[str, str], Any]
 
 
 def train(config: RunConfig, **kwargs: Any) -> Iterator[Any]:
@@ -41,6 +42,35 @@ def classify(model_ref: str, inputs: list[str], **kwargs: Any) -> Iterator[Any]:
     from core.inference.classify import classify as run
 
     return run(model_ref, inputs, **kwargs)
+
+
+def lr_find(config: RunConfig, **kwargs: Any) -> Iterator[Any]:
+    """``core.training.lrfind.lr_find``: the learning-rate range test of each stage."""
+    from core.training.lrfind import lr_find as run
+
+    return run(config, **kwargs)
+
+
+def mistakes(ref: str, dataset: str | None = None, **kwargs: Any) -> Iterator[Any]:
+    """``core.inference.mistakes.find_mistakes``: the highest-loss images of a scored split."""
+    from core.inference.mistakes import find_mistakes as run
+
+    return run(ref, dataset, **kwargs)
+
+
+_explainers: dict[str, Any] = {}
+
+
+def overlay(ref: str, path: str) -> Any:
+    """The Grad-CAM overlay of the image at ``path`` for ``ref``'s prediction (a PIL image); the model loads once per ref."""
+    from core.data.images import open_rgb
+    from core.device import pick_device
+    from core.inference.classifier import load_classifier
+    from core.inference.explain import Explainer
+
+    if ref not in _explainers:
+        _explainers[ref] = Explainer(load_classifier(ref, pick_device("auto")))
+    return _explainers[ref].overlay(open_rgb(path))[0]
 
 
 def device_memory(device: str) -> dict[str, float]:

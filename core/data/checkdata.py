@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.data.datasets import DEMO_DIR
+from core.data.exclude import leave_out
 from core.data.images import classify_image_error, decode_threads
 from core.data.layout import class_files, folder_layout
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 
 IMBALANCE_WARNING = 2.0
 """Largest over smallest class count from which ``check-data`` warns."""
@@ -63,6 +64,7 @@ class DataReport:
     cross_class_duplicates: list[tuple[str, str]]  # equal files filed under two training classes
     imbalance: float | None  # largest / smallest training class count
     warnings: list[str]
+    excluded: int = 0  # images left out because an --exclude file lists them
 
     @property
     def problems(self) -> list[FileProblem]:
@@ -137,11 +139,18 @@ def check_dataset(
     progress: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
     threads: int | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> DataReport:
-    """Check ``spec`` (see the module docstring); ``progress(done, total)`` is called as files finish."""
+    """Check ``spec`` (see the module docstring); ``progress(done, total)`` is called as files finish.
+
+    ``exclude``: resolved paths (``core.data.exclude``) left out, as ``tlwork run --exclude`` leaves them out.
+    """
     if spec in ("cifar10", "cifar100"):
+        if exclude:
+            raise ConfigError(f"--exclude lists image files, but {spec} is not a folder of files; drop --exclude")
         return _check_arrays(spec, data_dir)
     scanned = [(name, folder, *class_files(folder)) for name, folder in resolve_folders(spec)]
+    scanned, left_out = _leave_out(scanned, exclude)
     total = sum(len(files) for _, _, files, _ in scanned)
     first = scanned[0][1]
     if not scanned[0][2]:
@@ -176,7 +185,19 @@ def check_dataset(
         splits.append(report)
     train_files = [(p, c) for p, c in scanned[0][2]]
     other_files = [p for _, _, files, _ in scanned[1:] for p, _ in files]
-    return _summarise(spec, splits, {p: infos[p].digest for p in infos}, train_files, other_files, scanned)
+    report = _summarise(spec, splits, {p: infos[p].digest for p in infos}, train_files, other_files, scanned)
+    report.excluded = left_out
+    return report
+
+
+def _leave_out(scanned: list[Any], exclude: frozenset[str]) -> tuple[list[Any], int]:
+    """The scanned splits without the files ``exclude`` lists, and how many that left out."""
+    kept, total = [], 0
+    for name, folder, files, classes in scanned:
+        files, n = leave_out(files, exclude)
+        kept.append((name, folder, files, classes))
+        total += n
+    return kept, total
 
 
 def _summarise(

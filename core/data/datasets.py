@@ -28,9 +28,10 @@ from typing import Any, Protocol, Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
+from core.data.exclude import leave_out
 from core.data.images import open_rgb, screen_images
 from core.data.layout import folder_layout, scan_class_folders
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -65,6 +66,7 @@ class Splits:
     native_size: int | None
     val_source: str  # "held-out" (a slice of train), "val" (the folder's val/ split) or "test" (the test split)
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)  # (path, kind, reason), left out
+    excluded: int = 0  # images left out because an --exclude file lists them
 
     def _measure(self) -> None:
         if self.mean_ is None or self.std_ is None:
@@ -173,7 +175,7 @@ def stratified_split(targets: Sequence[int], fraction: float, seed: int) -> tupl
 
 def load_splits(
     spec: str, data_dir: str = "data", val_split: float = 0.1, seed: int = 0, scoring: bool = False,
-    download: bool = True,
+    download: bool = True, exclude: frozenset[str] = frozenset(),
 ) -> Splits:
     """The dataset named by ``spec``: cifar10, cifar100, demo or imagefolder:PATH.
 
@@ -181,13 +183,17 @@ def load_splits(
     folder exists, the training folder is then not screened and the test folder gets the
     cheap check; a held-out split is screened as in training, so it comes out the same.
     ``download``: fetch CIFAR when it is not in ``data_dir`` (else that is a ``DataError``).
+    ``exclude``: resolved paths (``core.data.exclude``) left out of training and validation.
     """
     if spec in CIFAR_URLS:
+        if exclude:
+            raise ConfigError(f"--exclude lists image files, but {spec} is not a folder of files; "
+                              "drop --exclude or train on an imagefolder: copy")
         return _cifar(spec, data_dir, download, val_split, seed)
     if spec == "demo":
         demo = folder_layout(DEMO_DIR)
         assert demo.train is not None
-        return _folders("demo", demo.train, demo.test, val_split, seed, CIFAR10_MEAN, CIFAR10_STD, 32)
+        return _folders("demo", demo.train, demo.test, val_split, seed, CIFAR10_MEAN, CIFAR10_STD, 32, exclude=exclude)
     layout = folder_layout(_imagefolder_root(spec))
     if layout.train is None:
         assert layout.test is not None
@@ -195,7 +201,7 @@ def load_splits(
             f"{layout.root} has no training images, only a {layout.test.name}/ folder; put the training class folders "
             f"in {layout.root / 'train'}/ (evaluating on it works: tlwork eval RUN --dataset {spec})"
         )
-    return _folders(spec, layout.train, layout.test, val_split, seed, None, None, None, scoring)
+    return _folders(spec, layout.train, layout.test, val_split, seed, None, None, None, scoring, exclude)
 
 
 def _imagefolder_root(spec: str) -> Path:
@@ -222,8 +228,9 @@ def load_eval_set(spec: str, data_dir: str = "data", val_split: float = 0.1, see
     """What ``tlwork eval --dataset spec`` scores: the test split, or every image of a folder without one.
 
     A folder holding only ``test/`` or ``val/`` (most published test sets) is scored whole
-    under that folder's name; class folders directly in the folder are scored whole as
-    ``all`` (a held-out slice would hide most of them). Either may hold a single class.
+    under that folder's name; class folders directly in the folder, or in its ``train/``
+    alone, are scored whole as ``all`` (a held-out slice would hide most of them). Either may
+    hold a single class.
     """
     if spec in CIFAR_URLS or spec == "demo":
         splits = load_splits(spec, data_dir, val_split, seed, scoring=True)
@@ -232,7 +239,7 @@ def load_eval_set(spec: str, data_dir: str = "data", val_split: float = 0.1, see
     if layout.train is not None and layout.test is not None:
         splits = load_splits(spec, data_dir, val_split, seed, scoring=True)
         return EvalSet(splits.test, "test", splits.class_names, splits.native_size)
-    folder = layout.test or layout.root
+    folder = layout.test or layout.train or layout.root  # root/train/ alone: its class folders, scored whole
     samples, names = scan_class_folders(folder)
     if not samples:
         raise DataError(f"{folder}: no images found; expected {folder}/<class>/<image>.jpg")
@@ -273,10 +280,12 @@ def _folders(
     std: tuple[float, float, float] | None,
     native_size: int | None,
     scoring: bool = False,
+    exclude: frozenset[str] = frozenset(),
 ) -> Splits:
     samples, names = scan_class_folders(train_dir)
     if not samples:
         raise DataError(f"{train_dir}: no images found; expected {train_dir}/<class>/<image>.jpg")
+    samples, excluded = leave_out(samples, exclude)
     # The test split alone is scored, or the training images are shipped: no need to screen them.
     val_is_test = test_dir is not None and (val_split <= 0 or test_dir.name == "val")
     skip_train = spec == "demo" or (scoring and val_is_test)
@@ -294,7 +303,10 @@ def _folders(
             test_samples, more = screen_images(test_samples, full=not scoring)
             unreadable += more
         test = ImageFiles(test_samples, names)
-        if val_is_test:
+        if val_is_test:  # the test split validates: --exclude leaves its listed files out too
+            test_samples, more_excluded = leave_out(test_samples, exclude)
+            excluded += more_excluded
+            test = ImageFiles(test_samples, names)
             train, val, source = full, test, ("val" if test_dir.name == "val" else "test")
         else:
             tr, held = stratified_split(full.targets, val_split, seed)
@@ -306,7 +318,7 @@ def _folders(
         train, val, source = Subset(full, tr), Subset(full, held), "held-out"
         test = val
     # Image-folder statistics are measured only if training normalises with them (evaluation never does).
-    return Splits(spec, train, val, test, names, mean, std, native_size, source, unreadable)
+    return Splits(spec, train, val, test, names, mean, std, native_size, source, unreadable, excluded)
 
 
 def channel_stats(dataset: Images, limit: int = 500) -> tuple[tuple[float, float, float], tuple[float, float, float]]:

@@ -36,6 +36,7 @@ class Classifier:
     # PIL image -> input tensor when the model brings its own (a Hugging Face image processor);
     # None means eval_transform(preprocessing).
     transform: Callable[[Any], torch.Tensor] | None = None
+    info: Any = None  # a bundle's ModelInfo (its stages), for Grad-CAM; None for Hugging Face models
 
 
 def load_classifier(ref: str, device: torch.device, runs_dir: str = "runs") -> Classifier:
@@ -47,7 +48,8 @@ def load_classifier(ref: str, device: torch.device, runs_dir: str = "runs") -> C
     if channels_last_ok(device):  # as in training, so evaluation reproduces its numbers
         bundle.model.to(memory_format=torch.channels_last)
     amp = bool(bundle.meta.get("amp", True))
-    return Classifier(str(path), bundle.model, bundle.class_names, bundle.preprocessing, bundle.model, path, amp)
+    return Classifier(str(path), bundle.model, bundle.class_names, bundle.preprocessing, bundle.model, path, amp,
+                      info=bundle.info)
 
 
 def _pretrained_hf(id_or_path: str, device: torch.device) -> Classifier:

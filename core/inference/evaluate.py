@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
 
 from core.config import RunConfig
 from core.data.datasets import Images, load_eval_set, load_splits
+from core.data.exclude import read_exclude
 from core.data.loaders import eval_batches, to_device
 from core.device import autocast, configure, pick_device
 from core.errors import ConfigError
 from core.events import EvalBatchEnded, EvaluationEnded, EvaluationStarted, EvaluationStopped, Event
-from core.inference.classifier import load_classifier
+from core.inference.classifier import Classifier, load_classifier
 from core.runs.store import read_config
 
 EMIT_INTERVAL = 0.1
@@ -74,6 +76,42 @@ class Tally:
 
 
 
+@dataclass
+class Scoring:
+    """What scoring a model on a split needs: the model, the images, their batches and the label mapping."""
+
+    clf: Classifier
+    data: Images
+    split: str
+    dataset: str
+    names: list[str]  # the dataset's class names, in its label order
+    mapping: torch.Tensor  # for each dataset class, the model's output column
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    batches: int
+    device: torch.device
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Float logits with columns in the dataset's class order (call under inference mode)."""
+        with autocast(self.device, self.clf.amp):
+            logits = self.clf.logits(to_device(images, self.device, True))
+        return logits.float()[:, self.mapping]
+
+
+def prepare_scoring(ref: str, dataset: str | None, *, data_dir: str = "data", runs_dir: str = "runs",
+                    batch_size: int | None = None, device: str = "auto", workers: int | None = None) -> Scoring:
+    """Load the model ``ref`` and the split it is scored on (``scored_set``), batched in dataset order."""
+    dev = pick_device(device)
+    configure(dev)
+    clf = load_classifier(ref, dev, runs_dir=runs_dir)
+    run_config = read_config(clf.path)
+    data, split, dataset, class_names, native_size = scored_set(ref, dataset, data_dir, run_config)
+    label_map = class_mapping(class_names, clf.class_names, dataset)
+    bs = batch_size or (run_config.batch_size if run_config and isinstance(run_config.batch_size, int) else 64)
+    loader = eval_batches(data, clf.preprocessing, bs, dev, workers, clf.transform, native_size)
+    names = [clf.class_names[i] for i in label_map]
+    return Scoring(clf, data, split, dataset, names, torch.tensor(label_map, device=dev), loader, -(-len(data) // bs), dev)
+
+
 def evaluate(
     ref: str,
     dataset: str | None = None,
@@ -90,35 +128,25 @@ def evaluate(
     On a stop it yields ``EvaluationStopped`` and returns; it never yields inside
     ``torch.inference_mode()`` or ``autocast`` (``core.events`` states the contract).
     """
-    dev = pick_device(device)
-    configure(dev)
-    clf = load_classifier(ref, dev, runs_dir=runs_dir)
-    run_config = read_config(clf.path)
-    data, split, dataset, class_names, native_size = scored_set(ref, dataset, data_dir, run_config)
-    label_map = class_mapping(class_names, clf.class_names, dataset)
-    bs = batch_size or (run_config.batch_size if run_config and isinstance(run_config.batch_size, int) else 64)
-    loader = eval_batches(data, clf.preprocessing, bs, dev, workers, clf.transform, native_size)
-    batches = -(-len(data) // bs)
-    yield EvaluationStarted(clf.name, dataset, split, len(data), batches)
-    names = [clf.class_names[i] for i in label_map]
-    tally = Tally(len(names), dev)
-    mapping = torch.tensor(label_map, device=dev)
+    sc = prepare_scoring(ref, dataset, data_dir=data_dir, runs_dir=runs_dir, batch_size=batch_size, device=device,
+                         workers=workers)
+    yield EvaluationStarted(sc.clf.name, sc.dataset, sc.split, len(sc.data), sc.batches)
+    tally = Tally(len(sc.names), sc.device)
     start = last = time.perf_counter()
-    for i, (images, labels) in enumerate(loader, 1):
+    for i, (images, labels) in enumerate(sc.loader, 1):
         if stop is not None and stop.is_set():
-            yield EvaluationStopped(clf.name, i - 1, batches)
+            yield EvaluationStopped(sc.clf.name, i - 1, sc.batches)
             return
-        with torch.inference_mode(), autocast(dev, clf.amp):
-            logits = clf.logits(to_device(images, dev, True))
+        with torch.inference_mode():
             # Columns in the dataset's class order, so the confusion matrix reads by dataset label.
-            tally.update(logits.float()[:, mapping], labels.to(dev, non_blocking=True))
+            tally.update(sc.logits(images), labels.to(sc.device, non_blocking=True))
         now = time.perf_counter()
-        if now - last >= EMIT_INTERVAL or i == batches:
+        if now - last >= EMIT_INTERVAL or i == sc.batches:
             last = now
-            yield EvalBatchEnded(i, batches, tally.count / max(1e-9, now - start))
+            yield EvalBatchEnded(i, sc.batches, tally.count / max(1e-9, now - start))
     s = tally.summary()
     yield EvaluationEnded(
-        clf.name, dataset, split, s["images"], s["loss"], s["top1"], s["top5"], tuple(names),
+        sc.clf.name, sc.dataset, sc.split, s["images"], s["loss"], s["top1"], s["top5"], tuple(sc.names),
         tuple(s["per_class"]), tuple(tuple(r) for r in s["confusion"]),
     )
 
@@ -132,7 +160,9 @@ def scored_set(ref: str, dataset: str | None, data_dir: str, run_config: RunConf
     if dataset is None:
         if run_config is None:
             raise ConfigError(f"{ref}: no run config beside this model; pass --dataset")
-        splits = load_splits(run_config.dataset, run_config.data_dir, run_config.val_split, run_config.seed, scoring=True)
+        excluded = read_exclude(run_config.exclude) if run_config.exclude else frozenset()  # the run's own split
+        splits = load_splits(run_config.dataset, run_config.data_dir, run_config.val_split, run_config.seed, scoring=True,
+                             exclude=excluded)
         return splits.val, "validation", run_config.dataset, splits.class_names, splits.native_size
     val_split, seed = (run_config.val_split, run_config.seed) if run_config else (0.1, 0)
     found = load_eval_set(dataset, data_dir, val_split, seed)

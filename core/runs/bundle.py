@@ -33,6 +33,7 @@ class Bundle:
     preprocessing: Preprocessing
     meta: dict[str, Any]
     path: Path
+    info: Any = None  # the ModelInfo of the rebuilt architecture (its stages pick Grad-CAM's layer); None for hf:
 
 
 
@@ -108,12 +109,13 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
         from core.models.hf import model_from_arch
 
         model = model_from_arch(arch, list(meta["class_names"]))
+        info = None
     else:
-        model, _ = build_model(backbone, int(meta["num_classes"]), weights="none")
+        model, info = build_model(backbone, int(meta["num_classes"]), weights="none")
     try:
         state = load_file(str(d / "model.safetensors"))
     except Exception as exc:
         raise ConfigError(f"{d / 'model.safetensors'}: unreadable ({exc}); the bundle is damaged") from None
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
-    return Bundle(model, list(meta["class_names"]), Preprocessing.from_dict(meta["preprocessing"]), meta, d)
+    return Bundle(model, list(meta["class_names"]), Preprocessing.from_dict(meta["preprocessing"]), meta, d, info)

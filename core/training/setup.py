@@ -20,6 +20,7 @@ from torch import nn
 from core.config import RunConfig
 from core.data.checkdata import IMBALANCE_WARNING
 from core.data.datasets import Splits, load_splits, targets_of
+from core.data.exclude import read_exclude
 from core.data.loaders import default_workers
 from core.data.safedata import SkipLog, Unreadable
 from core.data.sampler import BalancedSampler, EpochSampler
@@ -106,6 +107,9 @@ def build(config: RunConfig, strategy: SingleProcess, resume: ResumePoint | None
     config, notes = _batch_size(config, strategy, model, info, stages, device, splits)
     shipped = describe_weights(config.weights) if restore.point is None else None
     notes = [shipped, *notes] if shipped else notes
+    if config.exclude is not None:
+        notes.append(f"--exclude {config.exclude}: left out {splits.excluded} listed image(s) from training and "
+                     "validation (nothing was moved or deleted)")
     assert isinstance(config.batch_size, int)
     forward: nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
     workers = default_workers(device) if config.workers is None else config.workers
@@ -150,11 +154,16 @@ def _data_and_model(config: RunConfig, strategy: SingleProcess, restore: Restore
     """The dataset and the model with its new head; downloads happen once per machine, first."""
     downloads = config.dataset in ("cifar10", "cifar100") or config.weights == "imagenet" or config.backbone.startswith("hf:")
     with strategy.main_first(downloads):
-        splits = load_splits(config.dataset, config.data_dir, config.val_split, config.seed)
+        splits = load_splits(config.dataset, config.data_dir, config.val_split, config.seed, exclude=excluded(config))
         # A resumed run's weights come from its checkpoint: the weights file is not read again.
         weights = "none" if restore.point is not None else config.weights
         model, info = build_fn(config.backbone, len(splits.class_names), weights, splits.class_names)
     return splits, model, info
+
+
+def excluded(config: RunConfig) -> frozenset[str]:
+    """The resolved paths ``--exclude`` lists (none without it)."""
+    return read_exclude(config.exclude) if config.exclude is not None else frozenset()
 
 
 def _batch_size(config: RunConfig, strategy: SingleProcess, model: nn.Module, info: ModelInfo, stages: list[Stage],

@@ -7,7 +7,18 @@ from typing import Any
 
 from textual.widgets import DataTable, Input, OptionList, Static
 from tui_fixtures import (
-    CLASSES, CONFUSION, PTF, RUNS, Held, ScriptedEngine, fake_classify, fake_evaluate, make_test_app, runs_listed, wait_for,
+    CLASSES,
+    CONFUSION,
+    PTF,
+    RUNS,
+    Held,
+    ScriptedEngine,
+    fake_classify,
+    fake_evaluate,
+    make_test_app,
+    recording,
+    runs_listed,
+    wait_for,
 )
 
 from core import events as ev
@@ -23,14 +34,6 @@ from tui.widgets.prob_bars import ProbabilityBars
 
 FINETUNE = "runs/" + RUNS[1][0]
 STOPPED = "runs/" + RUNS[2][0]
-
-
-def recording(fn: Any, calls: list[tuple[Any, ...]]) -> Any:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        calls.append((args, kwargs))
-        return fn(*args, **kwargs)
-
-    return wrapper
 
 
 # -- evaluate ----------------------------------------------------------------------------------------

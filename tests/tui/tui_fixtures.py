@@ -190,6 +190,58 @@ def fake_classify(model_ref: str, inputs: list[str], *, top_k: int = 5, batch_si
     yield ev.ClassificationEnded(Path(model_ref).name, done, failed, 0.42)
 
 
+def fake_lr_find(config: RunConfig, *, stop: threading.Event | None = None, **kwargs: Any) -> Iterator[Any]:
+    """Same signature as ``core.training.lrfind.lr_find``; a fixed curve per stage (flat, a descent, a blow-up)."""
+    stages = [("probe", "linear-probe")] + ([("finetune", "finetune")] if config.mode == "probe-then-finetune" else [])
+    for k, (stage, mode) in enumerate(stages):
+        lrs = tuple(1e-7 * 10 ** (8 * i / 99) for i in range(84))
+        losses = tuple(2.44 - (0.56 / (1 + math.exp(-2.2 * (math.log10(lr) + 3.2 + k)))) +
+                       (1.8 * max(0.0, math.log10(lr) + 1.2) ** 2) for lr in lrs)
+        for step in (20, 60, 84):
+            if stop is not None and stop.is_set():
+                yield ev.LrFindStopped(stage, step)
+                return
+            yield ev.LrFindProgressed(stage, step, 100, lrs[step - 1], losses[step - 1])
+        best = 3.4e-3 / 10 ** k
+        yield ev.LrFound(stage, mode, lrs, losses, best, "steepest",
+                         f"steepest descent: the smoothed loss falls fastest per decade at {best:.2g}", 2.1e-4, best, True)
+
+
+MISTAKES = (("photos/cat.png", "cat", "dog", 0.81, 3.62), ("photos/ship.png", "ship", "airplane", 0.64, 2.95),
+            ("photos/frog.png", "frog", "frog", 0.41, 0.89))
+
+
+def fake_mistakes(ref: str, dataset: str | None = None, *, top: int = 20, true: str | None = None, pred: str | None = None,
+                  stop: threading.Event | None = None, **kwargs: Any) -> Iterator[Any]:
+    """Same signature as ``core.inference.mistakes.find_mistakes``; three fixed images of the workspace."""
+    yield ev.EvaluationStarted(Path(ref).name, dataset or "demo", "validation", 200, 4)
+    rows = [r for r in MISTAKES if (true is None or r[1] == true) and (pred is None or r[2] == pred)][:top]
+    found = tuple(ev.Mistake(path, t, p, prob, loss, i, ((p, prob), (t, 0.9 - prob if t != p else 0.2), ("bird", 0.05)))
+                  for i, (path, t, p, prob, loss) in enumerate(rows))
+    yield ev.MistakesFound(Path(ref).name, dataset or "demo", "validation", 200, len(found), CLASSES, found)
+
+
+def fake_overlay(ref: str, path: str) -> Any:
+    """Same signature as ``tui.engines.overlay``: the image under a fixed left-to-right heat gradient."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        base = img.convert("RGB")
+    heat = Image.linear_gradient("L").rotate(90).resize(base.size)
+    red = Image.merge("RGB", (heat, Image.new("L", base.size, 40), heat.point(lambda v: 255 - v)))
+    return Image.blend(base, red, 0.5)
+
+
+def recording(fn: Any, calls: list[tuple[Any, ...]]) -> Any:
+    """``fn``, appending each call's (args, kwargs) to ``calls``."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls.append((args, kwargs))
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 # -- the workspace -------------------------------------------------------------------------------
 
 RUNS = (
@@ -249,7 +301,8 @@ def make_test_app(engine: ScriptedEngine | None = None, **kwargs: Any) -> Any:
     from tui.app import make_app
 
     options: dict[str, Any] = dict(
-        engine=engine or ScriptedEngine(), evaluator=fake_evaluate, classifier=fake_classify, runs_dir="runs",
+        engine=engine or ScriptedEngine(), evaluator=fake_evaluate, classifier=fake_classify, lr_finder=fake_lr_find,
+        mistake_finder=fake_mistakes, overlayer=fake_overlay, runs_dir="runs",
         data_dir="data", browse_dir="photos", memory=lambda device: dict(CPU_MEMORY), cursor_blink=False,
     )
     options.update(kwargs)
@@ -325,6 +378,22 @@ async def _runs(pilot: Pilot) -> None:
 
 PTF = RunConfig(mode="probe-then-finetune", dataset="demo", weights="none", image_size=32, batch_size=64, epochs=2)
 
+
+async def _lr_found(pilot: Pilot) -> None:
+    app = pilot.app
+    await pilot.press("ctrl+f")
+    await wait_for(pilot, lambda: app.screen.id == "lr-find" and app.screen.found and not app.screen.running)
+
+
+async def _mistakes(pilot: Pilot, gradcam: bool = False) -> None:
+    await _evaluated(pilot)
+    app = pilot.app
+    await pilot.press("m")
+    await wait_for(pilot, lambda: app.screen.id == "mistakes" and bool(app.screen.entries) and not app.screen.running)
+    if gradcam:
+        await pilot.press("g")
+        await wait_for(pilot, lambda: not app.screen.workers or all(w.is_finished for w in app.screen.workers))
+
 SCENES: tuple[Scene, ...] = (
     Scene("setup", (110, 34), make_test_app),
     Scene("setup-80x24", (80, 24), make_test_app),
@@ -343,5 +412,8 @@ SCENES: tuple[Scene, ...] = (
     Scene("classify-80x24", (80, 24), make_test_app, _classified),
     Scene("runs", (110, 34), make_test_app, _runs),
     Scene("runs-compare-80x24", (80, 24), make_test_app, _compared),
+    Scene("lr-find", (110, 34), make_test_app, _lr_found),
+    Scene("mistakes-80x24", (80, 24), make_test_app, _mistakes),
+    Scene("mistakes-gradcam-80x24", (80, 24), make_test_app, lambda pilot: _mistakes(pilot, gradcam=True)),
     Scene("quit-confirm", (80, 24), lambda: make_test_app(ScriptedEngine(hold_at=20)), _to_training, press=("ctrl+q",)),
 )

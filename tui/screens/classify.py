@@ -7,7 +7,9 @@ model is a finished run's bundle, any bundle path, or ``hf:ID`` (issue #4). The 
 which draws real pixels on terminals that can (Sixel, Kitty) and half-blocks elsewhere.
 The classifier runs as this screen's engine job (``tui.jobs``). Escape stops a running
 classification as it does an evaluation: the engine's ``stop`` is set, it ends at its next
-batch with ``ClassificationStopped``, and the images classified so far stay listed.
+batch with ``ClassificationStopped``, and the images classified so far stay listed. ``g``
+(with the file tree or the results focused) lays the Grad-CAM heatmap of the model's
+prediction over the picture (``tui.screens.gradcam``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from textual.worker import Worker, WorkerState
 
 from core import events as ev
 from tui.jobs import JobScreen
+from tui.screens.gradcam import finished_overlay, start_overlay
 from tui.widgets.fields import ModelPicker
 from tui.widgets.nav import NavBar
 from tui.widgets.paths import ImageTree, PathSuggester, expand_images, is_image
@@ -62,6 +65,7 @@ class ClassifyScreen(JobScreen):
         Binding("ctrl+l", "focus_path", "Path box"),
         # Escape, not a letter: the path box takes typed text.
         Binding("escape", "cancel", "Cancel"),
+        Binding("g", "gradcam", "Grad-CAM"),
     ]
 
     def __init__(self) -> None:
@@ -70,6 +74,7 @@ class ClassifyScreen(JobScreen):
         self.requested = 0  # images in the running (or last) request
         self.stopped = False  # the last request stopped before its end
         self.shown = ""
+        self.gradcam = False  # g: the Grad-CAM overlay instead of the plain picture
 
     def compose(self) -> ComposeResult:
         yield NavBar("classify")
@@ -218,6 +223,9 @@ class ClassifyScreen(JobScreen):
                 preview.image = img.convert("RGB")
         except (OSError, ValueError):
             preview.image = None
+        model = self.query_one("#classify-model", ModelPicker).value
+        if self.gradcam and model and preview.image is not None:
+            start_overlay(self, model, path)
         bars = self.query_one("#top-k", ProbabilityBars)
         result = self.results.get(path)
         if isinstance(result, str):
@@ -231,6 +239,18 @@ class ClassifyScreen(JobScreen):
     def _result_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         if event.option.id:
             self.show(event.option.id)
+
+    def action_gradcam(self) -> None:
+        """Toggle the Grad-CAM overlay of the model's prediction on the picture."""
+        self.gradcam = not self.gradcam
+        if self.shown:
+            self.show(self.shown)
+
+    @on(Worker.StateChanged)
+    def _overlay_done(self, event: Worker.StateChanged) -> None:
+        done = finished_overlay(self, event)
+        if done is not None and done[0] == self.shown and self.gradcam:
+            self.query_one("#preview-image", ImagePreview).image = done[1]
 
     def job_finished(self, worker: Worker[None]) -> None:
         self.refresh_bindings()

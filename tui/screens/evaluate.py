@@ -3,7 +3,8 @@
 The model menu lists runs that have a final model (or take any bundle path or ``hf:ID``);
 the dataset menu defaults to the run's own validation split. ``core.inference.evaluate.evaluate``
 runs as this screen's engine job (``tui.jobs``); the result fills a per-class table, a
-confusion-matrix heatmap and the most-confused class pairs. Escape stops a running
+confusion-matrix heatmap and the most-confused class pairs. ``m`` opens the mistakes gallery
+(``tui.screens.mistakes``); Enter on a heatmap cell opens it for that cell's images. Escape stops a running
 evaluation: the engine's ``stop`` is set, it ends at its next batch with
 ``EvaluationStopped``, and the screen says how far it got.
 """
@@ -36,6 +37,7 @@ class EvaluateScreen(JobScreen):
         Binding("ctrl+r", "evaluate", "Evaluate"),
         # Escape, not a letter: the model and dataset boxes take typed text.
         Binding("escape", "cancel", "Cancel"),
+        Binding("m", "mistakes", "Mistakes"),
     ]
 
     def __init__(self) -> None:
@@ -153,6 +155,7 @@ class EvaluateScreen(JobScreen):
             pairs = result.most_confused(5)
             text = "most confused: " + ("; ".join(f"{t} → {p} ({n})" for t, p, n in pairs) if pairs else "none")
             self.query_one("#most-confused", Static).update(text)
+        self.query_one("#confusion", ConfusionHeatmap).focus()  # arrows pick a cell, Enter lists it, m lists all
 
     def job_finished(self, worker: Worker[None]) -> None:
         self.set_class(False, "-running")
@@ -170,7 +173,25 @@ class EvaluateScreen(JobScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel":
             return self.running and not self.stop_requested
+        if action == "mistakes":
+            return self.result is not None
         return True
+
+    def open_mistakes(self, true: str | None = None, pred: str | None = None) -> None:
+        """The mistakes gallery of the evaluated model on the evaluated dataset (one cell's images with ``true``/``pred``)."""
+        from tui.screens.mistakes import MistakesScreen
+
+        model = self.query_one("#eval-model", ModelPicker).value
+        if self.result is None or not model:
+            return
+        self.app.push_screen(MistakesScreen(model, self.query_one("#eval-dataset", ChoiceField).value, true, pred))
+
+    def action_mistakes(self) -> None:
+        self.open_mistakes()
+
+    @on(ConfusionHeatmap.CellSelected)
+    def _cell_selected(self, event: ConfusionHeatmap.CellSelected) -> None:
+        self.open_mistakes(event.true, event.pred)
 
     def action_evaluate(self) -> None:
         self.evaluate()

@@ -100,6 +100,7 @@ class SetupScreen(Screen[None]):
     BINDINGS = [
         Binding("ctrl+r", "start", "Start run"),
         Binding("ctrl+t", "demo", "Demo preset"),
+        Binding("ctrl+f", "lr_find", "LR finder"),
     ]
 
     def __init__(self) -> None:
@@ -268,6 +269,22 @@ class SetupScreen(Screen[None]):
         """The offline demo: a linear probe of the shipped ImageNet EfficientNet-Lite0 on the shipped images."""
         current = self.config or RunConfig()
         self.load_config(replace(current, **DEMO))
+
+    def action_lr_find(self) -> None:
+        """Run the LR range test for these settings (a dialog); ``u`` there fills the learning-rate box."""
+        from tui.screens.lrfind import LrFindScreen
+
+        if self.config is None:
+            self.notify(self.problem or "the settings are incomplete", severity="error")
+            return
+
+        def use(rates: dict[str, float] | None) -> None:
+            if rates:
+                self.query_one("#lr", Input).value = f"{rates['lr']:.2g}"
+                probe = f"; for the probe stage use --probe-lr {rates['probe_lr']:.2g}" if "probe_lr" in rates else ""
+                self.notify(f"learning rate set to {rates['lr']:.2g} (the LR finder's suggestion){probe}")
+
+        self.app.push_screen(LrFindScreen(self.config), use)
 
     @on(Button.Pressed, "#start")
     async def _start_pressed(self) -> None:

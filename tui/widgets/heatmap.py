@@ -4,16 +4,21 @@ Each cell's shade is the fraction of that true class's images predicted as the c
 class, so a rare class reads as clearly as a common one; the diagonal (correct) is shaded
 in the success colour and mistakes in the error colour, and counts are printed when the
 cells are wide enough. Long class lists overflow into the scrolling container around it.
+Focused, the arrow keys move a cursor over the cells and Enter posts ``CellSelected`` (the
+Evaluate screen lists that cell's images).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from rich.console import RenderableType
 from rich.style import Style
 from rich.text import Text
+from textual.binding import Binding
 from textual.color import Color
+from textual.message import Message
 from textual.widget import Widget
 
 LABEL = 11
@@ -34,6 +39,39 @@ class ConfusionHeatmap(Widget):
     """
 
     COMPONENT_CLASSES = {"confusion-heatmap--right", "confusion-heatmap--wrong", "confusion-heatmap--axis"}
+    BINDINGS = [
+        Binding("up", "move(-1, 0)", "Up", show=False),
+        Binding("down", "move(1, 0)", "Down", show=False),
+        Binding("left", "move(0, -1)", "Left", show=False),
+        Binding("right", "move(0, 1)", "Right", show=False),
+        Binding("enter", "select", "List cell"),
+    ]
+    can_focus = True
+
+    @dataclass
+    class CellSelected(Message):
+        """Enter on a cell: its true and predicted class."""
+
+        true: str
+        pred: str
+
+    def action_move(self, rows: int, columns: int) -> None:
+        """Move the cursor, staying on the grid."""
+        n = len(self.class_names)
+        if n:
+            self.cursor = (min(n - 1, max(0, self.cursor[0] + rows)), min(n - 1, max(0, self.cursor[1] + columns)))
+            self.refresh()
+
+    def on_focus(self) -> None:
+        self.refresh()
+
+    def on_blur(self) -> None:
+        self.refresh()
+
+    def action_select(self) -> None:
+        if self.class_names:
+            t, p = self.cursor
+            self.post_message(self.CellSelected(self.class_names[t], self.class_names[p]))
 
     def __init__(self, *, cell_width: int = 4, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
@@ -41,6 +79,7 @@ class ConfusionHeatmap(Widget):
         self.label_width = LABEL
         self.class_names: tuple[str, ...] = ()
         self.confusion: tuple[tuple[int, ...], ...] = ()
+        self.cursor = (0, 0)  # (true, predicted) row and column
 
     def set_matrix(self, class_names: Sequence[str], confusion: Sequence[Sequence[int]]) -> None:
         """Show a new matrix; cells narrow to 2 columns (colour only) for many classes."""
@@ -82,5 +121,8 @@ class ConfusionHeatmap(Widget):
             for p, count in enumerate(row):
                 share = count / total
                 label = (str(count) if count else "·").rjust(w - 1) + " " if w > 2 else " " * w
-                text.append(label, self._shade(base, right if t == p else wrong, share))
+                style = self._shade(base, right if t == p else wrong, share)
+                if self.has_focus and (t, p) == self.cursor:
+                    style += Style(reverse=True, bold=True)
+                text.append(label, style)
         return text
