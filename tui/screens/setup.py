@@ -10,7 +10,7 @@ headless run. Start (Ctrl+R or the button) hands the config to the training scre
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 from textual import on
 from textual.app import ComposeResult
@@ -36,32 +36,22 @@ DEMO = {"dataset": "demo", "backbone": "timm:tf_efficientnet_lite0", "weights": 
         "normalize": "backbone", "image_size": 64, "batch_size": 256, "epochs": 10, "lr": 0.01}
 
 
-def _positive(value: str) -> bool:
-    try:
-        return float(value) > 0
-    except ValueError:
-        return False
+def _number(accept: Callable[[float], bool]) -> Callable[[str], bool]:
+    """A box validator: the text is a number that ``accept`` takes."""
+
+    def check(value: str) -> bool:
+        try:
+            return accept(float(value))
+        except ValueError:
+            return False
+
+    return check
 
 
-def _fraction(value: str) -> bool:
-    try:
-        return 0 < float(value) <= 1
-    except ValueError:
-        return False
-
-
-def _decay(value: str) -> bool:
-    try:
-        return float(value) == 0 or 0 < float(value) < 1
-    except ValueError:
-        return False
-
-
-def _not_negative(value: str) -> bool:
-    try:
-        return float(value) >= 0
-    except ValueError:
-        return False
+_positive = _number(lambda x: x > 0)
+_fraction = _number(lambda x: 0 < x <= 1)
+_decay = _number(lambda x: x == 0 or 0 < x < 1)
+_not_negative = _number(lambda x: x >= 0)
 
 
 # Menus named after their RunConfig field (weights has its own path box, read apart).
@@ -137,7 +127,7 @@ class SetupScreen(Screen[None]):
                 yield ChoiceField("sampler", registry.SAMPLERS, value=base.sampler, id="sampler")
                 with Grid(id="advanced-numbers"):
                     yield from self._boxes(ADVANCED, base)
-                yield Checkbox("EMA warm-up (the decay ramps up over the first updates, as timm's use_warmup)",
+                yield Checkbox("EMA warm-up (the decay ramps up, as timm's use_warmup)",
                                value=base.ema_warmup, compact=True, id="ema-warmup")
         yield Static("", id="command-line", classes="panel")
         with Horizontal(id="setup-actions"):
