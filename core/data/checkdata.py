@@ -27,6 +27,22 @@ from core.data.layout import class_files, folder_layout
 from core.errors import ConfigError, DataError
 
 IMBALANCE_WARNING = 2.0
+
+
+def imbalance_line(class_counts: dict[str, int]) -> str | None:
+    """``classes are imbalanced: largest/smallest = R (big N, small M)`` from IMBALANCE_WARNING on, else None.
+
+    check-data's warning and a training run's log line both start with it.
+    """
+    if not class_counts or min(class_counts.values()) == 0:
+        return None
+    big = max(class_counts, key=lambda c: class_counts[c])
+    small = min(class_counts, key=lambda c: class_counts[c])
+    ratio = class_counts[big] / class_counts[small]
+    if ratio < IMBALANCE_WARNING:
+        return None
+    return (f"classes are imbalanced: largest/smallest = {ratio:.1f} ({big} {class_counts[big]}, "
+            f"{small} {class_counts[small]})")
 """Largest over smallest class count from which ``check-data`` warns."""
 
 
@@ -236,14 +252,10 @@ def _summarise(
     empty = [c for c, n in train.class_counts.items() if n == 0]
     if empty:
         notes.append(f"train: class(es) with no images: {', '.join(empty)}; remove the folder(s) or add images")
-    if imbalance is not None and imbalance >= IMBALANCE_WARNING:
-        big = max(train.class_counts, key=lambda c: train.class_counts[c])
-        small = min(train.class_counts, key=lambda c: train.class_counts[c])
-        notes.append(
-            f"classes are imbalanced: largest/smallest = {imbalance:.1f} ({big} {train.class_counts[big]}, "
-            f"{small} {train.class_counts[small]}); consider more images of the small classes, "
-            "or train with --class-weights balanced or --sampler balanced"
-        )
+    skew = imbalance_line(train.class_counts)
+    if skew:
+        notes.append(f"{skew}; consider more images of the small classes, or train with --class-weights balanced "
+                     "or --sampler balanced")
     if cross:
         notes.append(f"{len(cross)} test image(s) are exact copies of training images; they inflate test accuracy, remove them from one side")
     if cross_class:

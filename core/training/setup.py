@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from core.config import RunConfig
-from core.data.checkdata import IMBALANCE_WARNING
+from core.data.checkdata import imbalance_line
 from core.data.datasets import Splits, load_splits, targets_of
 from core.data.exclude import read_exclude
 from core.data.loaders import default_workers
@@ -141,12 +141,8 @@ def imbalance_notes(config: RunConfig, splits: Splits) -> list[str]:
     if config.class_weights != "none" or config.sampler != "shuffle":
         return []
     counts = Counter(targets_of(splits.train))
-    sizes = [counts.get(i, 0) for i in range(len(splits.class_names))]
-    if not sizes or min(sizes) == 0 or max(sizes) / min(sizes) < IMBALANCE_WARNING:
-        return []
-    big, small = sizes.index(max(sizes)), sizes.index(min(sizes))
-    return [f"classes are imbalanced: largest/smallest = {max(sizes) / min(sizes):.1f} ({splits.class_names[big]} "
-            f"{max(sizes)}, {splits.class_names[small]} {min(sizes)}); consider --class-weights balanced or --sampler balanced"]
+    skew = imbalance_line({name: counts.get(i, 0) for i, name in enumerate(splits.class_names)})
+    return [f"{skew}; consider --class-weights balanced or --sampler balanced"] if skew else []
 
 
 def _data_and_model(config: RunConfig, strategy: SingleProcess, restore: Restore,
